@@ -1,0 +1,1 @@
+"""Provider presets (method definitions) and the tooling to register and deploy them."""

@@ -1,0 +1,41 @@
+"""Saving method definitions as ``ToolMethod`` blocks, and finding the presets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from blocks import ToolMethod
+from flows.core.definition import MethodDefinition
+from flows.methods import read_definition_file
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+
+
+def preset_files() -> list[Path]:
+    """The provider presets shipped with toolflows (HeyGen, FAL, Runway, Replicate)."""
+    return sorted(PRESETS_DIR.glob("*.json"))
+
+
+def load_preset(inventory_key: str, name: str) -> MethodDefinition:
+    """One preset definition, e.g. ``load_preset("heygen", "create_avatar_video_v2")``."""
+    for file in preset_files():
+        for definition in read_definition_file(file):
+            if (definition.inventory_key, definition.name) == (inventory_key, name):
+                return definition
+    raise KeyError(f"no preset {inventory_key}/{name}")
+
+
+async def register_definitions(definitions: list[MethodDefinition]) -> list[dict[str, str]]:
+    """Save each definition as a block named ``<inventoryKey>-<name>`` (overwriting)."""
+    saved = []
+    for definition in definitions:
+        block = ToolMethod.model_validate(definition.model_dump())
+        await block.asave(definition.slug, overwrite=True)
+        saved.append({"block": definition.slug, "method": definition.qualified_name})
+    return saved
+
+
+async def register_files(files: list[Path]) -> list[dict[str, str]]:
+    """Validate every file first, then save: a bad file saves nothing."""
+    definitions = [definition for file in files for definition in read_definition_file(file)]
+    return await register_definitions(definitions)

@@ -1,0 +1,149 @@
+"""The ``toolflows`` command: register, run, demo (SPEC §3).
+
+stdout carries exactly one JSON document; everything else (Prefect's logs,
+the embedded server's output) goes to stderr. Exit 0 on success, 1 on a job
+or HTTP error, 2 on bad usage or invalid config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from flows.core.errors import ErrorCode, ToolflowsError
+
+# The embedded server starts in 20-30 s on a loaded 2-core machine; Prefect's
+# default of 20 s makes the first run fail there.
+EPHEMERAL_STARTUP_TIMEOUT_SECONDS = "120"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    os.environ.setdefault(
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+    )
+    sys.exit(args.command(args))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="toolflows",
+        description="Run asynchronous generation APIs as Prefect flows: submit, poll, download.",
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    register = commands.add_parser("register", help="save definitions (.json/.yaml) as blocks")
+    register.add_argument("files", nargs="+", metavar="FILE")
+    register.set_defaults(command=_register)
+
+    run = commands.add_parser("run", help="run a method and print its result as JSON")
+    run.add_argument("method", metavar="METHOD", help='block name, "inventoryKey/name" or file')
+    run.add_argument("--params", default=None, metavar="JSON|@FILE", help="request params")
+    run.add_argument("--resume", default=None, metavar="TASK_ID", help="collect a submitted job")
+    run.set_defaults(command=_run)
+
+    demo = commands.add_parser("demo", help="a complete run against the built-in fake provider")
+    demo.set_defaults(command=_demo)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from flows.engine import run_tool_method
+
+    try:
+        params = parse_params(args.params)
+    except ToolflowsError as error:
+        return _print_error(error)
+    return _print_outcome(lambda: run_tool_method(args.method, params, args.resume))
+
+
+def _register(args: argparse.Namespace) -> int:
+    from deployments.registry import register_files
+
+    with _stdout_to_stderr() as stdout:
+        try:
+            saved = asyncio.run(register_files([Path(file) for file in args.files]))
+        except ToolflowsError as error:
+            return _print_error(error, stdout)
+    _write(stdout, {"status": "success", "registered": saved})
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from flows.demo import run_demo
+
+    return _print_outcome(run_demo)
+
+
+def parse_params(raw: str | None) -> dict[str, Any]:
+    """``--params``: inline JSON or ``@file``; must be a JSON object."""
+    if raw is None:
+        return {}
+    source = "--params"
+    if raw.startswith("@"):
+        source = raw[1:]
+        try:
+            raw = Path(source).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ToolflowsError(ErrorCode.CONFIG_INVALID, f"cannot read {source}: {exc}") from None
+    try:
+        params = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ToolflowsError(
+            ErrorCode.CONFIG_INVALID, f"{source} is not valid JSON: {exc.msg} at {exc.pos}"
+        ) from None
+    if not isinstance(params, dict):
+        raise ToolflowsError(ErrorCode.CONFIG_INVALID, f"{source} must be a JSON object")
+    return params
+
+
+def _print_outcome(start: Callable[[], Any]) -> int:
+    """Run a coroutine on the embedded defaults; print its result or its error."""
+    with _stdout_to_stderr() as stdout:
+        try:
+            result = asyncio.run(start())
+        except ToolflowsError as error:
+            return _print_error(error, stdout)
+        except Exception as error:
+            internal = {"code": "INTERNAL_ERROR", "message": f"{type(error).__name__}: {error}"}
+            _write(stdout, {"status": "error", "error": internal})
+            return 1
+    _write(stdout, result.to_json_dict())
+    return 0
+
+
+def _print_error(error: ToolflowsError, stdout: Any = None) -> int:
+    _write(stdout or sys.stdout, {"status": "error", "error": error.to_dict()})
+    return error.exit_code
+
+
+def _write(stream: Any, document: dict[str, Any]) -> None:
+    stream.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    stream.flush()
+
+
+@contextmanager
+def _stdout_to_stderr() -> Iterator[Any]:
+    """Point file descriptor 1 at stderr while Prefect runs; yield the real stdout.
+
+    Done at the descriptor level so that subprocesses (the embedded server)
+    and C extensions cannot write to stdout either.
+    """
+    sys.stdout.flush()
+    real_stdout = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with os.fdopen(os.dup(real_stdout), "w", encoding="utf-8") as stdout:
+            yield stdout
+    finally:
+        sys.stdout.flush()
+        os.dup2(real_stdout, 1)
+        os.close(real_stdout)

@@ -1,0 +1,293 @@
+"""Download step: stream every output into result storage, never into memory.
+
+Each output is read in chunks and written straight to the store (constant
+memory whatever its size), hashed on the way, and published atomically. A
+connection broken mid-stream is resumed with ``Range`` where the server allows
+it, else restarted. Output URLs never receive the method's credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+
+import httpx
+from prefect import task
+from prefect.logging import get_run_logger
+
+from flows.core.definition import MethodDefinition
+from flows.core.detection import OutputRef
+from flows.core.errors import ErrorCode, ToolflowsError
+from flows.core.files import choose_filename, choose_mimetype, decode_data_uri, filename_from_url
+from flows.http import Credentials, current_session, is_transient_status
+from flows.models import StoredFile, Warning_
+from flows.storage import FileStore, resolve_file_store
+
+CHUNK_BYTES = 1024 * 1024
+MAX_ATTEMPTS = 5
+# The job's output exists once it is done: a download gets this many tries even
+# when the wait deadline has already passed.
+MIN_ATTEMPTS_PAST_DEADLINE = 3
+
+
+@dataclass
+class FileTarget:
+    """Where one job's files go: ``<inventoryKey>/<name>/<taskId>/<filename>``."""
+
+    store: FileStore
+    key_prefix: str
+    task_id: str
+    max_bytes: int
+    deadline: float
+    taken: set[str] = field(default_factory=set)
+
+    def key_for(self, filename: str) -> str:
+        """A storage key, unique among this job's files (``a.mp4``, then ``a-2.mp4``)."""
+        stem, dot, extension = filename.rpartition(".")
+        if not dot:
+            stem, extension = filename, ""
+        candidate, number = filename, 1
+        while candidate in self.taken:
+            number += 1
+            candidate = f"{stem}-{number}{dot}{extension}"
+        self.taken.add(candidate)
+        return f"{self.key_prefix}/{candidate}"
+
+
+async def file_target(*, method: MethodDefinition, task_id: str, deadline: float) -> FileTarget:
+    """The target for a job's files in the run's storage."""
+    return FileTarget(
+        store=await resolve_file_store(method.adapter_config.storage),
+        key_prefix=f"{method.inventory_key}/{method.name}/{task_id}",
+        task_id=task_id,
+        max_bytes=method.adapter_config.max_download_bytes,
+        deadline=deadline,
+    )
+
+
+@task(
+    name="Download outputs",
+    description="Stream each output into result storage; a failure degrades to a warning.",
+)
+async def download_outputs(
+    outputs: list[OutputRef],
+    method: MethodDefinition,
+    task_id: str,
+    deadline: float,
+    required: bool,
+) -> tuple[list[StoredFile], list[Warning_]]:
+    """Store every output; return the files and a ``DOWNLOAD_FAILED`` warning per failure."""
+    target = await file_target(method=method, task_id=task_id, deadline=deadline)
+    logger = get_run_logger()
+    session = current_session()
+    files: list[StoredFile] = []
+    warnings: list[Warning_] = []
+    for index, output in enumerate(outputs):
+        try:
+            stored = await store_output(output.url, target, index=index)
+        except ToolflowsError as exc:
+            exc.message = session.redact(exc.message)
+            if required:
+                raise exc.with_task_id(task_id) from None
+            logger.warning("Download of %s failed: %s", session.redact(output.url), exc.message)
+            warnings.append(
+                Warning_(
+                    code=ErrorCode.DOWNLOAD_FAILED,
+                    message=exc.message,
+                    source_url=session.redact(output.url),
+                )
+            )
+            continue
+        logger.info("Downloaded %d bytes as %s", stored.size, stored.filename)
+        files.append(stored)
+    return files, warnings
+
+
+async def store_output(url: str, target: FileTarget, *, index: int) -> StoredFile:
+    """Store one output URL (or ``data:`` URI) with its size and sha256."""
+    transfer = _Transfer(target=target, index=index, source_url=url)
+    if url.startswith("data:"):
+        return await transfer.from_data_uri()
+    return await transfer.from_url()
+
+
+async def store_body(response: httpx.Response, target: FileTarget, *, index: int) -> StoredFile:
+    """Store the body of an open response: a file answered where JSON was expected."""
+    transfer = _Transfer(target=target, index=index, source_url=str(response.url))
+    return await transfer.from_response(response)
+
+
+class _BrokenTransfer(Exception):
+    """The body stopped early or the server hiccuped: worth another try."""
+
+
+@dataclass
+class _Transfer:
+    """One output moving from a URL (or an open response) into the store."""
+
+    target: FileTarget
+    index: int
+    source_url: str
+    filename: str = ""
+    mimetype: str = "application/octet-stream"
+
+    async def from_url(self) -> StoredFile:
+        attempt = 1
+        while True:
+            try:
+                return await self._download()
+            except _BrokenTransfer as exc:
+                wait = min(2.0 ** (attempt - 1), 8.0)
+                past_deadline = time.time() + wait > self.target.deadline
+                if attempt >= MAX_ATTEMPTS or (
+                    past_deadline and attempt >= MIN_ATTEMPTS_PAST_DEADLINE
+                ):
+                    raise ToolflowsError(
+                        ErrorCode.DOWNLOAD_FAILED, f"download failed after {attempt} tries: {exc}"
+                    ) from exc
+                attempt += 1
+                await asyncio.sleep(wait)
+
+    async def from_data_uri(self) -> StoredFile:
+        try:
+            data, declared = decode_data_uri(self.source_url)
+        except ValueError as exc:
+            raise ToolflowsError(ErrorCode.DOWNLOAD_FAILED, str(exc)) from None
+        self._name(content_type=declared, content_disposition=None, head=data[:512])
+        return await self._write(_chunks_of(data))
+
+    async def from_response(self, response: httpx.Response) -> StoredFile:
+        chunks = response.aiter_bytes(CHUNK_BYTES)
+        head = await anext(chunks, b"")
+        self._name_from(response, head)
+        return await self._write(_prepend(head, chunks))
+
+    async def _download(self) -> StoredFile:
+        async with AsyncExitStack() as responses:
+            response = await responses.enter_async_context(self._open(offset=0))
+            chunks = response.aiter_bytes(CHUNK_BYTES)
+            head = await anext(chunks, b"")
+            self._name_from(response, head)
+            expected = _content_length(response)
+            if expected is not None:
+                self._check_size(expected)
+            key = self.target.key_for(self.filename)
+            digest, size, resumes = hashlib.sha256(), 0, 0
+            async with self.target.store.upload(key) as upload:
+                pending: AsyncIterator[bytes] = _prepend(head, chunks)
+                while True:
+                    try:
+                        async for chunk in pending:
+                            size = self._check_size(size + len(chunk))
+                            digest.update(chunk)
+                            await upload.write(chunk)
+                        break
+                    except httpx.TransportError as exc:
+                        resumes += 1
+                        if not _accepts_ranges(response) or resumes >= MAX_ATTEMPTS:
+                            raise _BrokenTransfer(f"connection broken after {size} bytes") from exc
+                        await response.aclose()
+                        response = await responses.enter_async_context(self._open(offset=size))
+                        pending = response.aiter_bytes(CHUNK_BYTES)
+                if expected is not None and size != expected:
+                    raise _BrokenTransfer(f"got {size} of {expected} bytes")
+            return self._stored(key, size, digest.hexdigest())
+
+    @asynccontextmanager
+    async def _open(self, *, offset: int) -> AsyncIterator[httpx.Response]:
+        """GET the output (from ``offset`` on), without credentials."""
+        session = current_session()
+        headers = {"Range": f"bytes={offset}-"} if offset else None
+        try:
+            async with session.stream(
+                "GET", self.source_url, credentials=Credentials.NEVER, headers=headers
+            ) as response:
+                if offset and response.status_code != 206:
+                    raise _BrokenTransfer(f"server ignored Range (HTTP {response.status_code})")
+                if is_transient_status(response.status_code):
+                    raise _BrokenTransfer(f"HTTP {response.status_code}")
+                if response.status_code >= 400:
+                    raise ToolflowsError(
+                        ErrorCode.DOWNLOAD_FAILED,
+                        f"HTTP {response.status_code} from {session.redact(self.source_url)}",
+                        http_status=response.status_code,
+                    )
+                yield response
+        except httpx.TransportError as exc:
+            raise _BrokenTransfer(f"{type(exc).__name__}: {exc}") from exc
+
+    async def _write(self, chunks: AsyncIterator[bytes]) -> StoredFile:
+        key = self.target.key_for(self.filename)
+        digest, size = hashlib.sha256(), 0
+        async with self.target.store.upload(key) as upload:
+            async for chunk in chunks:
+                size = self._check_size(size + len(chunk))
+                digest.update(chunk)
+                await upload.write(chunk)
+        return self._stored(key, size, digest.hexdigest())
+
+    def _name_from(self, response: httpx.Response, head: bytes) -> None:
+        self._name(
+            content_type=response.headers.get("content-type"),
+            content_disposition=response.headers.get("content-disposition"),
+            head=head,
+        )
+
+    def _name(
+        self, *, content_type: str | None, content_disposition: str | None, head: bytes
+    ) -> None:
+        self.mimetype = choose_mimetype(
+            content_type=content_type, head=head, filename=filename_from_url(self.source_url)
+        )
+        self.filename = choose_filename(
+            content_disposition=content_disposition,
+            url=self.source_url,
+            mimetype=self.mimetype,
+            task_id=self.target.task_id,
+            index=self.index,
+        )
+
+    def _check_size(self, size: int) -> int:
+        if size > self.target.max_bytes:
+            raise ToolflowsError(
+                ErrorCode.DOWNLOAD_FAILED,
+                f"output is larger than maxDownloadBytes ({self.target.max_bytes} bytes)",
+            )
+        return size
+
+    def _stored(self, key: str, size: int, sha256: str) -> StoredFile:
+        return StoredFile(
+            uri=self.target.store.uri_for(key),
+            filename=key.rsplit("/", 1)[-1],
+            mimetype=self.mimetype,
+            size=size,
+            sha256=sha256,
+            source_url=current_session().redact(self.source_url)
+            if not self.source_url.startswith("data:")
+            else self.source_url[:64],
+        )
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    value = response.headers.get("content-length", "")
+    return int(value) if value.isdigit() else None
+
+
+def _accepts_ranges(response: httpx.Response) -> bool:
+    return response.headers.get("accept-ranges", "").lower() == "bytes"
+
+
+async def _prepend(head: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if head:
+        yield head
+    async for chunk in rest:
+        yield chunk
+
+
+async def _chunks_of(data: bytes) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), CHUNK_BYTES):
+        yield data[start : start + CHUNK_BYTES]

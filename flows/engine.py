@@ -1,0 +1,208 @@
+"""The ``run_tool_method`` flow: submit → poll → (fetch result) → download.
+
+The flow strings the steps together and makes the decisions between them;
+the rules it applies live in ``flows.core`` and the steps in their modules.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+from prefect import flow
+from prefect.logging import get_run_logger
+from prefect.utilities.asyncutils import run_coro_as_sync
+
+from flows.cancel import cancel_job
+from flows.core.definition import MethodDefinition
+from flows.core.detection import JobState, find_outputs, find_result_link
+from flows.core.errors import ErrorCode, ToolflowsError
+from flows.core.templates import render_template, resolve_link
+from flows.download import download_outputs
+from flows.http import provider_session
+from flows.methods import PreparedMethod, load_method, prepare_method
+from flows.models import SubmittedJob, ToolResult
+from flows.poll import Answer, check_status, fetch_result, paced, raise_if_unsuccessful, status_of
+from flows.submit import submit_job
+
+
+@flow(
+    name="run_tool_method",
+    description="Run a tool method: submit the job, wait for it, store its outputs.",
+)
+async def run_tool_method(
+    method: str | dict[str, Any],
+    params: dict[str, Any] | None = None,
+    resume_task_id: str | None = None,
+) -> ToolResult:
+    """Run one method end to end and return its result with the stored files.
+
+    Args:
+        method: a ToolMethod block name, ``inventoryKey/name``, a definition
+            file path, or a definition object.
+        params: the request params (JSON body; query string for GET).
+        resume_task_id: wait for and collect a job already submitted: no submit.
+
+    Returns:
+        The ``ToolResult``; each file can be read back with ``read_bytes()``.
+
+    Example:
+        ```python
+        result = await run_tool_method("heygen/create_avatar_video_v2", {"title": "hi"})
+        print(result.files[0].uri)
+        ```
+    """
+    definition = await load_method(method)
+    prepared = await prepare_method(definition, params)
+    return await run_prepared(prepared, params or {}, resume_task_id=resume_task_id)
+
+
+def execute_method(
+    inventory_key: str,
+    method_name: str,
+    params: dict[str, Any] | None = None,
+    resume_task_id: str | None = None,
+) -> ToolResult:
+    """Load the saved method ``inventory_key/method_name`` and run its flow (blocking)."""
+    return run_coro_as_sync(
+        run_tool_method(f"{inventory_key}/{method_name}", params, resume_task_id)
+    )
+
+
+async def run_prepared(
+    prepared: PreparedMethod, params: dict[str, Any], *, resume_task_id: str | None = None
+) -> ToolResult:
+    """Run a method whose config has been checked (nothing sent yet)."""
+    definition = prepared.definition
+    config = definition.adapter_config
+    async with provider_session(
+        prepared.endpoint,
+        prepared.headers,
+        timeout=config.timeout,
+        redact=prepared.redact,
+        allowed_hosts=tuple(config.allowed_hosts),
+        placeholder_values=prepared.placeholder_values,
+    ):
+        if resume_task_id:
+            job = _resumed_job(definition, resume_task_id, params)
+        else:
+            job = await submit_job(definition, params)
+        try:
+            return await _collect(definition, job, params)
+        except ToolflowsError as error:
+            error.with_task_id(job.task_id)
+            if error.code is ErrorCode.POLLING_TIMEOUT and config.polling.cancel_on_timeout:
+                await cancel_job(definition, job, params)
+            raise
+
+
+async def _collect(
+    definition: MethodDefinition, job: SubmittedJob, params: dict[str, Any]
+) -> ToolResult:
+    """Wait for the submitted job, fetch its result and store its outputs."""
+    polling = definition.adapter_config.polling
+    answer = Answer(payload=job.payload, url=job.payload_url, files=tuple(job.files))
+    status = status_of(answer, polling)
+    if status.state is JobState.PENDING:
+        if job.status_url is None:
+            if job.task_id is not None or not find_outputs(answer.payload, polling.output_path):
+                raise _cannot_poll(definition, job)
+            # A synchronous API: the submit answer already holds the outputs.
+        else:
+            status, answer = await paced(check_status, polling)(definition, job)
+    raise_if_unsuccessful(status, job.task_id)
+    last_payload = answer.payload
+    answer = await _result_answer(definition, job, answer, params)
+    data = answer.payload if answer.payload is not None else last_payload
+    files = list(answer.files)
+    warnings = []
+    outputs = [] if answer.files else find_outputs(data, polling.output_path, polling.download_all)
+    if outputs and polling.download is not False:
+        outputs = [
+            replace(output, url=resolve_link(answer.url, output.url))
+            if output.url.startswith("/")
+            else output
+            for output in outputs
+        ]
+        stored, warnings = await download_outputs(
+            outputs,
+            definition,
+            job.task_id or "job",
+            job.submitted_at + polling.max_wait_seconds,
+            required=polling.download == "required",
+        )
+        files += stored
+    primary = files[0] if files else None
+    return ToolResult(
+        task_id=job.task_id,
+        method=definition.qualified_name,
+        data=data,
+        files=files,
+        filename=primary.filename if primary else None,
+        mimetype=primary.mimetype if primary else None,
+        warnings=warnings,
+    )
+
+
+async def _result_answer(
+    definition: MethodDefinition, job: SubmittedJob, answer: Answer, params: dict[str, Any]
+) -> Answer:
+    """The result request of SPEC §4.4, when one is due; else the status answer."""
+    polling = definition.adapter_config.polling
+    if answer.files:
+        return answer
+    if polling.result_url:
+        rendered = render_template(
+            polling.result_url, task_id=job.task_id, payload=answer.payload, params=params
+        )
+        url = resolve_link(definition.endpoint, rendered)
+    else:
+        link = find_result_link(answer.payload)
+        if link is None or find_outputs(answer.payload, polling.output_path):
+            return answer
+        url = resolve_link(answer.url, link.value)
+    get_run_logger().info("Fetching result of task %s", job.task_id)
+    return await paced(fetch_result, polling)(definition, job, url)
+
+
+def _resumed_job(
+    definition: MethodDefinition, task_id: str, params: dict[str, Any]
+) -> SubmittedJob:
+    """A job submitted earlier: poll it from now on, with a fresh deadline."""
+    polling = definition.adapter_config.polling
+    if not polling.status_url:
+        raise ToolflowsError(
+            ErrorCode.CONFIG_INVALID,
+            "--resume needs adapterConfig.polling.statusUrl (the submit answer is not at hand)",
+            task_id=task_id,
+        )
+    status_url = render_template(polling.status_url, task_id=task_id, params=params)
+    cancel_url = None
+    if polling.cancel_url:
+        cancel_url = render_template(polling.cancel_url, task_id=task_id, params=params)
+    return SubmittedJob(
+        task_id=task_id,
+        submitted_at=time.time(),
+        payload_url=definition.endpoint,
+        status_url=resolve_link(definition.endpoint, status_url),
+        cancel_url=resolve_link(definition.endpoint, cancel_url) if cancel_url else None,
+    )
+
+
+def _cannot_poll(definition: MethodDefinition, job: SubmittedJob) -> ToolflowsError:
+    keys = ", ".join(map(str, job.payload)) if isinstance(job.payload, dict) else "none"
+    if job.task_id is None:
+        path = definition.adapter_config.polling.task_id_path
+        where = f"at {path!r}" if path else "in the submit response"
+        return ToolflowsError(
+            ErrorCode.TASK_ID_NOT_FOUND,
+            f"no job id or status link {where} (top-level keys: {keys})",
+        )
+    return ToolflowsError(
+        ErrorCode.CONFIG_INVALID,
+        f"job {job.task_id} was submitted but there is no way to check it: set "
+        "adapterConfig.polling.statusUrl (the submit answer has no status link), then "
+        f"resume it with --resume {job.task_id}",
+        task_id=job.task_id,
+    )

@@ -1,0 +1,75 @@
+"""What a run returns and what it persists between steps (SPEC §5)."""
+
+from __future__ import annotations
+
+from typing import Any, BinaryIO, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from flows.storage import open_stored
+
+
+class _CamelModel(BaseModel):
+    """Fields in snake_case for Python, camelCase in JSON (the original system's shape)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class StoredFile(_CamelModel):
+    """A downloaded output, persisted in result storage: a reference, never the bytes."""
+
+    uri: str
+    filename: str
+    mimetype: str
+    size: int
+    sha256: str
+    source_url: str
+
+    def open(self) -> BinaryIO:
+        """A binary file object reading the stored bytes."""
+        return open_stored(self.uri)
+
+    def read_bytes(self) -> bytes:
+        """The whole file (replaces the original system's in-memory ``buffer``)."""
+        with self.open() as handle:
+            return handle.read()
+
+
+class Warning_(_CamelModel):
+    """Something that went wrong without failing the run (e.g. ``DOWNLOAD_FAILED``)."""
+
+    code: str
+    message: str
+    source_url: str | None = None
+
+
+class ToolResult(_CamelModel):
+    """A successful run: the final payload and the stored files."""
+
+    status: Literal["success"] = "success"
+    task_id: str | None
+    method: str
+    data: Any
+    files: list[StoredFile] = Field(default_factory=list)
+    filename: str | None = None
+    mimetype: str | None = None
+    warnings: list[Warning_] = Field(default_factory=list)
+
+
+class SubmittedJob(_CamelModel):
+    """The submit's outcome, persisted before the first status check.
+
+    A retried or resumed flow run reads it back instead of submitting again.
+    """
+
+    task_id: str | None
+    submitted_at: float = Field(description="Wall-clock time of the submit (epoch seconds).")
+    payload: Any = None
+    payload_url: str = Field(description="URL that answered; relative links resolve against it.")
+    status_url: str | None = None
+    cancel_url: str | None = None
+    files: list[StoredFile] = Field(default_factory=list)

@@ -1,0 +1,214 @@
+"""Submit step: send the paid request exactly once and remember the job.
+
+The result is persisted (``persist_result=True``, cached per flow run), so a
+retried flow run reads the job back instead of submitting again. Inside one
+attempt the request is re-sent only when it provably never reached the server
+(a connect error) or the server said to come back (429/503 with Retry-After).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import mimetypes
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import httpx
+from prefect import task
+from prefect.context import FlowRunContext
+from prefect.logging import get_run_logger
+
+from flows.core.backoff import parse_retry_after
+from flows.core.definition import MethodDefinition
+from flows.core.detection import find_cancel_link, find_status_link, find_task_id
+from flows.core.errors import ErrorCode, ToolflowsError
+from flows.core.templates import render_template, resolve_link
+from flows.download import FileTarget, file_target, store_body
+from flows.http import current_session, http_error, is_file_response, parse_json, read_capped
+from flows.models import SubmittedJob
+
+SUBMIT_ATTEMPTS = 4
+MAX_SUBMIT_WAIT_SECONDS = 60.0
+
+
+@task(
+    name="Submit job",
+    description="Send the method's request once; the job is persisted so it is never sent twice.",
+    persist_result=True,
+)
+async def submit_job(method: MethodDefinition, params: dict[str, Any]) -> SubmittedJob:
+    """Submit the job and find its id and links (SPEC §4.1, §4.2).
+
+    Whatever the answer, a 2xx is persisted as it is: deciding what it means
+    (finished, failed, no id) is the flow's job, so that no later error can
+    make a retried run send the paid request again.
+    """
+    session = current_session()
+    logger = get_run_logger()
+    polling = method.adapter_config.polling
+    submitted_at = time.time()
+    async with _submit_response(method, params) as response:
+        if response.status_code >= 400:
+            await read_capped(response, 64 * 1024)
+            raise http_error(response, what="submit", redact=session.redact)
+        if is_file_response(response):
+            # A synchronous API answered with the file itself.
+            target = await _target_for(method, job_id=None, submitted_at=submitted_at)
+            stored = await store_body(response, target, index=0)
+            return SubmittedJob(
+                task_id=None,
+                submitted_at=submitted_at,
+                payload_url=str(response.url),
+                files=[stored],
+            )
+        await read_capped(response, 16 * 1024 * 1024)
+        payload = parse_json(response, what="submit response")
+        payload_url = str(response.url)
+
+    found = find_task_id(payload, polling.task_id_path)
+    task_id = found.value if found else None
+    if found:
+        logger.info("Task ID detected: %s = %s", found.path, found.value)
+    status_url = _status_url(method, payload, payload_url, task_id, params)
+    cancel = find_cancel_link(payload)
+    return SubmittedJob(
+        task_id=task_id,
+        submitted_at=submitted_at,
+        payload=payload,
+        payload_url=payload_url,
+        status_url=status_url,
+        cancel_url=resolve_link(payload_url, cancel.value) if cancel else None,
+    )
+
+
+def _status_url(
+    method: MethodDefinition,
+    payload: Any,
+    payload_url: str,
+    task_id: str | None,
+    params: dict[str, Any],
+) -> str | None:
+    template = method.adapter_config.polling.status_url
+    if template:
+        if task_id is None and "{id}" in template:
+            return None
+        rendered = render_template(template, task_id=task_id, payload=payload, params=params)
+        return resolve_link(method.endpoint, rendered)
+    link = find_status_link(payload)
+    return resolve_link(payload_url, link.value) if link else None
+
+
+async def _target_for(
+    method: MethodDefinition, *, job_id: str | None, submitted_at: float
+) -> FileTarget:
+    """Files of a job with no id are keyed by the flow run, which is unique too."""
+    context = FlowRunContext.get()
+    key = job_id or (str(context.flow_run.id) if context and context.flow_run else "sync")
+    deadline = submitted_at + method.adapter_config.polling.max_wait_seconds
+    return await file_target(method=method, task_id=key, deadline=deadline)
+
+
+@asynccontextmanager
+async def _submit_response(
+    method: MethodDefinition, params: dict[str, Any]
+) -> AsyncIterator[httpx.Response]:
+    """Open the submit response, re-sending only when the request never arrived."""
+    session = current_session()
+    for attempt in range(1, SUBMIT_ATTEMPTS + 1):
+        async with AsyncExitStack() as stack:
+            try:
+                response = await stack.enter_async_context(
+                    session.stream(
+                        method.http_method,
+                        method.endpoint,
+                        headers=_idempotency_header(method),
+                        **_request_content(method, params, stack),
+                    )
+                )
+            except httpx.ConnectError as exc:
+                # The request never reached the server: sending it again is safe.
+                if attempt == SUBMIT_ATTEMPTS:
+                    raise ToolflowsError(
+                        ErrorCode.HTTP_ERROR,
+                        f"submit failed: cannot connect to {session.redact(method.endpoint)}",
+                    ) from exc
+                delay = min(2.0 ** (attempt - 1), 8.0)
+            except httpx.TransportError as exc:
+                raise ToolflowsError(
+                    ErrorCode.HTTP_ERROR,
+                    f"submit failed after the request was sent ({type(exc).__name__}); it is not"
+                    " sent again because the provider may have accepted it: check the provider"
+                    " before running the method again",
+                ) from exc
+            else:
+                retry_after = parse_retry_after(response.headers)
+                refused = response.status_code in (429, 503) and retry_after is not None
+                if not refused or attempt == SUBMIT_ATTEMPTS:
+                    yield response
+                    return
+                # The server said it did not take the job, and when to come back.
+                delay = min(retry_after or 0.0, MAX_SUBMIT_WAIT_SECONDS)
+                get_run_logger().info(
+                    "Submit answered HTTP %d; sending again in %.1f s", response.status_code, delay
+                )
+        await asyncio.sleep(delay)
+
+
+def _request_content(
+    method: MethodDefinition, params: dict[str, Any], files: AsyncExitStack
+) -> dict[str, Any]:
+    """The params as the method sends them: JSON, query string, form or multipart."""
+    if method.http_method in ("GET", "DELETE"):
+        return {"params": {key: _form_value(value) for key, value in params.items()}}
+    body_type = method.adapter_config.body_type
+    if body_type == "json":
+        return {"json": params}
+    fields = {key: _form_value(value) for key, value in params.items() if not _is_file_param(value)}
+    if body_type == "form":
+        return {"data": fields}
+    uploads = {
+        key: _open_upload(value["file"], files)
+        for key, value in params.items()
+        if _is_file_param(value)
+    }
+    return {"data": fields, "files": uploads}
+
+
+def _open_upload(reference: str, files: AsyncExitStack) -> tuple[str, Any, str]:
+    parts = urlsplit(reference)
+    if parts.scheme not in ("", "file"):
+        raise ToolflowsError(
+            ErrorCode.CONFIG_INVALID,
+            f"multipart file {reference!r}: only local paths and file:// URIs can be uploaded",
+        )
+    path = Path(unquote(parts.path)) if parts.scheme == "file" else Path(reference)
+    if not path.is_file():
+        raise ToolflowsError(ErrorCode.CONFIG_INVALID, f"multipart file {path} does not exist")
+    mimetype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return path.name, files.enter_context(path.open("rb")), mimetype
+
+
+def _is_file_param(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"file"} and isinstance(value["file"], str)
+
+
+def _form_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    return str(value)
+
+
+def _idempotency_header(method: MethodDefinition) -> dict[str, str] | None:
+    """A key derived from the flow run: the provider drops a duplicate of this submit."""
+    header = method.adapter_config.idempotency_header
+    context = FlowRunContext.get()
+    if not header or context is None or context.flow_run is None:
+        return None
+    return {header: f"toolflows-{context.flow_run.id}"}

@@ -1,0 +1,66 @@
+"""Test helpers: presets pointed at the fake provider, with fast polling."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from prefect.utilities.asyncutils import run_coro_as_sync
+
+from deployments.registry import load_preset
+from flows.core.definition import MethodDefinition
+from flows.demo import retarget
+from flows.engine import run_tool_method
+from flows.models import ToolResult
+
+PRESETS = {
+    "heygen": ("heygen", "create_avatar_video_v2", "HEYGEN_API_KEY"),
+    "fal": ("fal", "kling_image_to_video", "FAL_KEY"),
+    "runway": ("runway", "image_to_video", "RUNWAYML_API_SECRET"),
+    "replicate": ("replicate", "create_prediction", "REPLICATE_API_TOKEN"),
+}
+
+PARAMS = {
+    "heygen": {
+        "video_inputs": [
+            {
+                "character": {"type": "avatar", "avatar_id": "Daisy-inskirt-20220818"},
+                "voice": {"type": "text", "input_text": "Hello", "voice_id": "v1"},
+            }
+        ]
+    },
+    "fal": {"prompt": "a cat surfing", "image_url": "https://example.com/cat.png"},
+    "runway": {
+        "model": "gen4_turbo",
+        "promptImage": "https://example.com/first.png",
+        "ratio": "1280:720",
+    },
+    "replicate": {"version": "39ed52f2", "input": {"prompt": "corgi"}},
+}
+
+FAST_POLLING = {
+    "interval_seconds": 0.05,
+    "backoff_factor": 1.5,
+    "max_interval_seconds": 0.2,
+    "jitter": 0.1,
+    "max_wait_seconds": 20,
+}
+
+
+def fake_method(fake: Any, provider: str, **polling: Any) -> MethodDefinition:
+    """The provider's preset aimed at the fake, its key in the environment, polling fast."""
+    inventory_key, name, variable = PRESETS[provider]
+    os.environ[variable] = fake.api_keys[provider]
+    method = retarget(load_preset(inventory_key, name), fake.api_url)
+    method.adapter_config.polling = method.adapter_config.polling.model_copy(
+        update={**FAST_POLLING, **polling}
+    )
+    return method
+
+
+def run(method: MethodDefinition | dict[str, Any] | str, params: dict[str, Any] | None = None,
+        **kwargs: Any) -> ToolResult:
+    """Run the flow to completion from sync test code."""
+    if isinstance(method, MethodDefinition):
+        method = method.model_dump()
+    return run_coro_as_sync(run_tool_method(method, params, **kwargs))
