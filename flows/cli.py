@@ -73,7 +73,7 @@ def _register(args: argparse.Namespace) -> int:
             saved = asyncio.run(register_files([Path(file) for file in args.files]))
         except ToolflowsError as error:
             return _print_error(error, stdout)
-    _write(stdout, {"status": "success", "registered": saved})
+        _write(stdout, {"status": "success", "registered": saved})
     return 0
 
 
@@ -116,7 +116,7 @@ def _print_outcome(start: Callable[[], Any]) -> int:
             internal = {"code": "INTERNAL_ERROR", "message": f"{type(error).__name__}: {error}"}
             _write(stdout, {"status": "error", "error": internal})
             return 1
-    _write(stdout, result.to_json_dict())
+        _write(stdout, result.to_json_dict())
     return 0
 
 

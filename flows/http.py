@@ -61,7 +61,7 @@ class ProviderSession:
         method: str,
         url: str,
         *,
-        credentials: Credentials,
+        credentials: Credentials = Credentials.ENDPOINT,
         headers: Mapping[str, str] | None = None,
         **content: Any,
     ) -> AsyncIterator[httpx.Response]:
