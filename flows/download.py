@@ -27,6 +27,8 @@ from flows.http import Credentials, current_session, is_transient_status
 from flows.models import StoredFile, Warning_
 from flows.storage import FileStore, resolve_file_store
 
+# Bodies are read as the network delivers them (so the first bytes, which name
+# and type the file, arrive early); in-memory data is written in chunks of:
 CHUNK_BYTES = 1024 * 1024
 MAX_ATTEMPTS = 5
 # The job's output exists once it is done: a download gets this many tries even
@@ -161,7 +163,7 @@ class _Transfer:
         return await self._write(_chunks_of(data))
 
     async def from_response(self, response: httpx.Response) -> StoredFile:
-        chunks = response.aiter_bytes(CHUNK_BYTES)
+        chunks = response.aiter_bytes()
         head = await anext(chunks, b"")
         self._name_from(response, head)
         return await self._write(_prepend(head, chunks))
@@ -169,7 +171,7 @@ class _Transfer:
     async def _download(self) -> StoredFile:
         async with AsyncExitStack() as responses:
             response = await responses.enter_async_context(self._open(offset=0))
-            chunks = response.aiter_bytes(CHUNK_BYTES)
+            chunks = response.aiter_bytes()
             head = await anext(chunks, b"")
             self._name_from(response, head)
             expected = _content_length(response)
@@ -192,7 +194,7 @@ class _Transfer:
                             raise _BrokenTransfer(f"connection broken after {size} bytes") from exc
                         await response.aclose()
                         response = await responses.enter_async_context(self._open(offset=size))
-                        pending = response.aiter_bytes(CHUNK_BYTES)
+                        pending = response.aiter_bytes()
                 if expected is not None and size != expected:
                     raise _BrokenTransfer(f"got {size} of {expected} bytes")
             return self._stored(key, size, digest.hexdigest())

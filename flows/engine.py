@@ -54,7 +54,7 @@ async def run_tool_method(
         ```
     """
     definition = await load_method(method)
-    prepared = await prepare_method(definition, params)
+    prepared = await prepare_method(definition, params, submitting=resume_task_id is None)
     return await run_prepared(prepared, params or {}, resume_task_id=resume_task_id)
 
 
@@ -102,7 +102,9 @@ async def _collect(
 ) -> ToolResult:
     """Wait for the submitted job, fetch its result and store its outputs."""
     polling = definition.adapter_config.polling
-    answer = Answer(payload=job.payload, url=job.payload_url, files=tuple(job.files))
+    # http_status 0: the outputs-without-status rule is for status answers only;
+    # a submit answer with outputs and no job id is handled below.
+    answer = Answer(payload=job.payload, url=job.payload_url, http_status=0, files=tuple(job.files))
     status = status_of(answer, polling)
     if status.state is JobState.PENDING:
         if job.status_url is None:

@@ -103,14 +103,19 @@ async def load_method(method: str | dict[str, Any] | MethodDefinition) -> Method
 
 
 async def prepare_method(
-    definition: MethodDefinition, params: dict[str, Any] | None
+    definition: MethodDefinition, params: dict[str, Any] | None, *, submitting: bool = True
 ) -> PreparedMethod:
-    """Check the method can run with these params and resolve its placeholders."""
+    """Check the method can run with these params and resolve its placeholders.
+
+    Params are checked against ``requestSchema`` only when they will be sent
+    (``--resume`` sends none).
+    """
     if not definition.enabled:
         raise ToolflowsError(
             ErrorCode.CONFIG_INVALID, f"method {definition.qualified_name} is disabled"
         )
-    validate_params(definition, params)
+    if submitting:
+        validate_params(definition, params)
     values = await _resolve_placeholders(definition)
     headers = {
         name: substitute_env(value, values)

@@ -23,7 +23,7 @@ from prefect.states import State
 
 from flows.core.backoff import PollSchedule, parse_retry_after
 from flows.core.definition import MethodDefinition, PollingConfig
-from flows.core.detection import JobState, JobStatus, detect_status
+from flows.core.detection import JobState, JobStatus, detect_status, find_outputs
 from flows.core.errors import ErrorCode, ToolflowsError
 from flows.download import file_target, store_body
 from flows.http import (
@@ -54,6 +54,7 @@ class Answer:
 
     payload: Any
     url: str
+    http_status: int = 200
     files: tuple[StoredFile, ...] = ()
 
 
@@ -167,12 +168,26 @@ async def fetch_result(method: MethodDefinition, job: SubmittedJob, url: str) ->
 
 
 def status_of(answer: Answer, polling: PollingConfig) -> JobStatus:
-    """A file answered in place of JSON means the job is done (SPEC §4.3)."""
+    """The job's status in an answer.
+
+    A file answered in place of JSON means the job is done (SPEC §4.3). So does
+    a 200 JSON answer with no status field at all but with outputs in it (an
+    API that answers 202 while running, then 200 with the result): without this
+    rule such a job would be polled until its deadline.
+    """
     if answer.files:
         return JobStatus(JobState.SUCCEEDED, value=None, path=None, reason=None)
-    return detect_status(
+    status = detect_status(
         answer.payload, polling.status_path, polling.success_values, polling.failure_values
     )
+    if (
+        status.path is None
+        and polling.status_path is None
+        and answer.http_status == 200
+        and find_outputs(answer.payload, polling.output_path)
+    ):
+        return JobStatus(JobState.SUCCEEDED, value=None, path=None, reason=None)
+    return status
 
 
 def raise_if_unsuccessful(status: JobStatus, task_id: str | None) -> None:
@@ -214,6 +229,6 @@ async def fetch_answer(
                 return Answer(payload=None, url=str(response.url), files=(stored,))
             await read_capped(response, JSON_BODY_BYTES)
             payload = parse_json(response, what=f"{what} answer", task_id=job.task_id)
-            return Answer(payload=payload, url=str(response.url))
+            return Answer(payload=payload, url=str(response.url), http_status=response.status_code)
     except httpx.TransportError as exc:
         pace.check_again(f"{what} failed ({type(exc).__name__})")

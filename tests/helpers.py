@@ -58,8 +58,11 @@ def fake_method(fake: Any, provider: str, **polling: Any) -> MethodDefinition:
     return method
 
 
-def run(method: MethodDefinition | dict[str, Any] | str, params: dict[str, Any] | None = None,
-        **kwargs: Any) -> ToolResult:
+def run(
+    method: MethodDefinition | dict[str, Any] | str,
+    params: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> ToolResult:
     """Run the flow to completion from sync test code."""
     if isinstance(method, MethodDefinition):
         method = method.model_dump()

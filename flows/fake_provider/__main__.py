@@ -1,0 +1,3 @@
+from flows.fake_provider import main
+
+main()
