@@ -147,3 +147,39 @@ def test_credentials_never_reach_the_cdn(fresh_fake):
 
     assert fresh_fake.requests(origin="cdn")
     assert fresh_fake.credential_leaks == []
+
+
+def test_disabled_method_refuses_to_run(fresh_fake):
+    method = fake_method(fresh_fake, "heygen").model_copy(update={"enabled": False})
+
+    with pytest.raises(ToolflowsError) as raised:
+        run(method, PARAMS["heygen"])
+
+    assert raised.value.code is ErrorCode.CONFIG_INVALID
+    assert "disabled" in raised.value.message
+    assert fresh_fake.submits() == 0
+
+
+def test_a_flow_retry_resumes_the_submitted_job_instead_of_paying_twice(fresh_fake):
+    """The submit result is persisted per flow run: a retried run reads it back."""
+    from prefect import flow
+
+    from flows.engine import run_tool_method
+
+    fresh_fake.script("heygen", status_faults=[Fault.http(401)])
+    attempts = []
+
+    @flow(retries=1, retry_delay_seconds=0)
+    async def parent() -> object:
+        attempts.append(1)
+        return await run_tool_method.fn(
+            fake_method(fresh_fake, "heygen").model_dump(), PARAMS["heygen"]
+        )
+
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    result = run_coro_as_sync(parent())
+
+    assert len(attempts) == 2
+    assert fresh_fake.submits("heygen") == 1
+    assert result.files[0].sha256 == fresh_fake.expected_sha256(result.task_id)
