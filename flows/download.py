@@ -13,18 +13,19 @@ import hashlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import httpx
 from prefect import task
 from prefect.logging import get_run_logger
 
 from flows.core.definition import MethodDefinition
-from flows.core.detection import OutputRef
+from flows.core.detection import OutputRef, find_outputs
 from flows.core.errors import ErrorCode, ToolflowsError
 from flows.core.files import choose_filename, choose_mimetype, decode_data_uri, filename_from_url
-from flows.http import Credentials, current_session, is_transient_status
-from flows.models import StoredFile, Warning_
+from flows.core.templates import resolve_link
+from flows.http import Credentials, current_session, is_transient_status, parse_json
+from flows.models import StoredFile, SubmittedJob, Warning_
 from flows.storage import FileStore, resolve_file_store
 
 # Bodies are read as the network delivers them (so the first bytes, which name
@@ -78,23 +79,38 @@ async def file_target(*, method: MethodDefinition, task_id: str, deadline: float
 async def download_outputs(
     outputs: list[OutputRef],
     method: MethodDefinition,
-    task_id: str,
-    deadline: float,
-    required: bool,
+    job: SubmittedJob,
+    refresh_url: str | None,
 ) -> tuple[list[StoredFile], list[Warning_]]:
-    """Store every output; return the files and a ``DOWNLOAD_FAILED`` warning per failure."""
-    target = await file_target(method=method, task_id=task_id, deadline=deadline)
+    """Store every output; return the files and a ``DOWNLOAD_FAILED`` warning per failure.
+
+    ``refresh_url`` is the status/result URL the outputs came from: asked once
+    more, it signs fresh URLs when a signed one has expired (403).
+    """
+    polling = method.adapter_config.polling
+    task_id = job.task_id or "job"
+    target = await file_target(
+        method=method, task_id=task_id, deadline=job.submitted_at + polling.max_wait_seconds
+    )
+    fresh_links = _FreshLinks(method, refresh_url)
     logger = get_run_logger()
     session = current_session()
     files: list[StoredFile] = []
     warnings: list[Warning_] = []
     for index, output in enumerate(outputs):
         try:
-            stored = await store_output(output.url, target, index=index)
+            try:
+                stored = await store_output(output.url, target, index=index)
+            except ToolflowsError as exc:
+                fresh_url = await fresh_links.replacing(output, exc)
+                if fresh_url is None:
+                    raise
+                logger.info("Signed URL expired; downloading a freshly signed one")
+                stored = await store_output(fresh_url, target, index=index)
         except ToolflowsError as exc:
             exc.message = session.redact(exc.message)
-            if required:
-                raise exc.with_task_id(task_id) from None
+            if polling.download == "required":
+                raise exc.with_task_id(job.task_id) from None
             logger.warning("Download of %s failed: %s", session.redact(output.url), exc.message)
             warnings.append(
                 Warning_(
@@ -107,6 +123,36 @@ async def download_outputs(
         logger.info("Downloaded %d bytes as %s", stored.size, stored.filename)
         files.append(stored)
     return files, warnings
+
+
+class _FreshLinks:
+    """Fresh signed output URLs, from one more request to the URL the outputs came from."""
+
+    EXPIRED_STATUS = frozenset({401, 403, 410})
+
+    def __init__(self, method: MethodDefinition, refresh_url: str | None) -> None:
+        self.method = method
+        self.refresh_url = refresh_url
+        self._outputs: list[OutputRef] | None = None
+
+    async def replacing(self, output: OutputRef, error: ToolflowsError) -> str | None:
+        """A fresh URL for an output whose download was refused, or None."""
+        if error.http_status not in self.EXPIRED_STATUS or self.refresh_url is None:
+            return None
+        if self._outputs is None:
+            self._outputs = await self._fetch_outputs(self.refresh_url)
+        fresh = next((item for item in self._outputs if item.path == output.path), None)
+        return fresh.url if fresh and fresh.url != output.url else None
+
+    async def _fetch_outputs(self, url: str) -> list[OutputRef]:
+        polling = self.method.adapter_config.polling
+        try:
+            response = await current_session().request("GET", url)
+            payload = parse_json(response, what="status answer") if response.is_success else None
+        except (ToolflowsError, httpx.HTTPError):
+            return []
+        outputs = find_outputs(payload, polling.output_path, polling.download_all)
+        return [replace(item, url=resolve_link(url, item.url)) for item in outputs]
 
 
 async def store_output(url: str, target: FileTarget, *, index: int) -> StoredFile:

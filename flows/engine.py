@@ -6,30 +6,34 @@ the rules it applies live in ``flows.core`` and the steps in their modules.
 
 from __future__ import annotations
 
-import time
+import asyncio
 from dataclasses import replace
 from typing import Any
 
+import anyio
 from prefect import flow
 from prefect.logging import get_run_logger
 from prefect.utilities.asyncutils import run_coro_as_sync
 
-from flows.cancel import cancel_job
+from flows.cancel import cancel_job, cancel_remote_job
 from flows.core.definition import MethodDefinition
 from flows.core.detection import JobState, find_outputs, find_result_link
 from flows.core.errors import ErrorCode, ToolflowsError
 from flows.core.templates import render_template, resolve_link
 from flows.download import download_outputs
-from flows.http import provider_session
-from flows.methods import PreparedMethod, load_method, prepare_method
+from flows.methods import PreparedMethod, load_method, prepare_method, session_for
 from flows.models import SubmittedJob, ToolResult
 from flows.poll import Answer, check_status, fetch_result, paced, raise_if_unsuccessful, status_of
-from flows.submit import submit_job
+from flows.submit import resumed_job, submit_job
+
+# How long a cancelled or timed-out run may spend asking the provider to cancel.
+CANCEL_GRACE_SECONDS = 30
 
 
 @flow(
     name="run_tool_method",
     description="Run a tool method: submit the job, wait for it, store its outputs.",
+    on_cancellation=[cancel_remote_job],
 )
 async def run_tool_method(
     method: str | dict[str, Any],
@@ -75,24 +79,24 @@ async def run_prepared(
 ) -> ToolResult:
     """Run a method whose config has been checked (nothing sent yet)."""
     definition = prepared.definition
-    config = definition.adapter_config
-    async with provider_session(
-        prepared.endpoint,
-        prepared.headers,
-        timeout=config.timeout,
-        redact=prepared.redact,
-        allowed_hosts=tuple(config.allowed_hosts),
-        placeholder_values=prepared.placeholder_values,
-    ):
+    async with session_for(prepared):
         if resume_task_id:
-            job = _resumed_job(definition, resume_task_id, params)
+            job = resumed_job(definition, resume_task_id, params)
         else:
             job = await submit_job(definition, params)
         try:
             return await _collect(definition, job, params)
         except ToolflowsError as error:
             error.with_task_id(job.task_id)
-            if error.code is ErrorCode.POLLING_TIMEOUT and config.polling.cancel_on_timeout:
+            if (
+                error.code is ErrorCode.POLLING_TIMEOUT
+                and definition.adapter_config.polling.cancel_on_timeout
+            ):
+                await cancel_job(definition, job, params)
+            raise
+        except asyncio.CancelledError:
+            # The flow run timed out or was cancelled: nobody will collect the job.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(CANCEL_GRACE_SECONDS):
                 await cancel_job(definition, job, params)
             raise
 
@@ -127,13 +131,9 @@ async def _collect(
             else output
             for output in outputs
         ]
-        stored, warnings = await download_outputs(
-            outputs,
-            definition,
-            job.task_id or "job",
-            job.submitted_at + polling.max_wait_seconds,
-            required=polling.download == "required",
-        )
+        # A submit answer is never asked again (that would submit again).
+        refresh_url = answer.url if answer.http_status else None
+        stored, warnings = await download_outputs(outputs, definition, job, refresh_url)
         files += stored
     primary = files[0] if files else None
     return ToolResult(
@@ -166,30 +166,6 @@ async def _result_answer(
         url = resolve_link(answer.url, link.value)
     get_run_logger().info("Fetching result of task %s", job.task_id)
     return await paced(fetch_result, polling)(definition, job, url)
-
-
-def _resumed_job(
-    definition: MethodDefinition, task_id: str, params: dict[str, Any]
-) -> SubmittedJob:
-    """A job submitted earlier: poll it from now on, with a fresh deadline."""
-    polling = definition.adapter_config.polling
-    if not polling.status_url:
-        raise ToolflowsError(
-            ErrorCode.CONFIG_INVALID,
-            "--resume needs adapterConfig.polling.statusUrl (the submit answer is not at hand)",
-            task_id=task_id,
-        )
-    status_url = render_template(polling.status_url, task_id=task_id, params=params)
-    cancel_url = None
-    if polling.cancel_url:
-        cancel_url = render_template(polling.cancel_url, task_id=task_id, params=params)
-    return SubmittedJob(
-        task_id=task_id,
-        submitted_at=time.time(),
-        payload_url=definition.endpoint,
-        status_url=resolve_link(definition.endpoint, status_url),
-        cancel_url=resolve_link(definition.endpoint, cancel_url) if cancel_url else None,
-    )
 
 
 def _cannot_poll(definition: MethodDefinition, job: SubmittedJob) -> ToolflowsError:

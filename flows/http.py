@@ -236,7 +236,7 @@ def parse_json(response: httpx.Response, *, what: str, task_id: str | None = Non
         return None
     try:
         return json.loads(response.content)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         snippet = response.content[:120].decode("utf-8", "replace")
         raise ToolflowsError(
             ErrorCode.HTTP_ERROR,
@@ -251,7 +251,7 @@ def provider_message(response: httpx.Response) -> str:
     """The provider's own words for a failed request (detail, message, error, title)."""
     try:
         body = json.loads(response.content) if response.content else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         body = None
     if isinstance(body, dict):
         for key in ("detail", "message", "error", "title", "error_message", "msg"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from flows.core.definition import MethodDefinition, parse_definition, slugify
 from flows.core.errors import ErrorCode, ToolflowsError
 from flows.core.redact import Redactor
 from flows.core.templates import env_placeholders, substitute_env
+from flows.http import ProviderSession, provider_session
 
 DEFINITION_SUFFIXES = (".json", ".yaml", ".yml")
 
@@ -46,6 +48,19 @@ class PreparedMethod:
     def fill(self, text: str) -> str:
         """``text`` with its ``${VAR}`` placeholders replaced by their values."""
         return substitute_env(text, self.placeholder_values)
+
+
+def session_for(prepared: PreparedMethod) -> AbstractAsyncContextManager[ProviderSession]:
+    """The run's provider session, configured from the method."""
+    config = prepared.definition.adapter_config
+    return provider_session(
+        prepared.endpoint,
+        prepared.headers,
+        timeout=config.timeout,
+        redact=prepared.redact,
+        allowed_hosts=tuple(config.allowed_hosts),
+        placeholder_values=prepared.placeholder_values,
+    )
 
 
 def read_definition_file(path: str | os.PathLike[str]) -> list[MethodDefinition]:

@@ -130,7 +130,7 @@ async def _submit_response(
                         **_request_content(method, params, stack),
                     )
                 )
-            except httpx.ConnectError as exc:
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 # The request never reached the server: sending it again is safe.
                 if attempt == SUBMIT_ATTEMPTS:
                     raise ToolflowsError(
@@ -212,3 +212,25 @@ def _idempotency_header(method: MethodDefinition) -> dict[str, str] | None:
     if not header or context is None or context.flow_run is None:
         return None
     return {header: f"toolflows-{context.flow_run.id}"}
+
+
+def resumed_job(definition: MethodDefinition, task_id: str, params: dict[str, Any]) -> SubmittedJob:
+    """A job submitted earlier: poll it from now on, with a fresh deadline."""
+    polling = definition.adapter_config.polling
+    if not polling.status_url:
+        raise ToolflowsError(
+            ErrorCode.CONFIG_INVALID,
+            "--resume needs adapterConfig.polling.statusUrl (the submit answer is not at hand)",
+            task_id=task_id,
+        )
+    status_url = render_template(polling.status_url, task_id=task_id, params=params)
+    cancel_url = None
+    if polling.cancel_url:
+        cancel_url = render_template(polling.cancel_url, task_id=task_id, params=params)
+    return SubmittedJob(
+        task_id=task_id,
+        submitted_at=time.time(),
+        payload_url=definition.endpoint,
+        status_url=resolve_link(definition.endpoint, status_url),
+        cancel_url=resolve_link(definition.endpoint, cancel_url) if cancel_url else None,
+    )
