@@ -34,6 +34,9 @@ CANCEL_GRACE_SECONDS = 30
     name="run_tool_method",
     description="Run a tool method: submit the job, wait for it, store its outputs.",
     on_cancellation=[cancel_remote_job],
+    # The result is a small reference (files are in storage): persisted, a
+    # deployment run's caller can read it back through the API.
+    persist_result=True,
 )
 async def run_tool_method(
     method: str | dict[str, Any],

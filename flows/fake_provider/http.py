@@ -53,6 +53,8 @@ class Reply:
     delay: float = 0.0
     abort: bool = False
     cut_after: int | None = None
+    # No Content-Length: the body goes out chunked, its size unknown until the end.
+    chunked: bool = False
 
     @classmethod
     def json(cls, status: int, payload: Any, headers: Iterable[tuple[str, str]] = ()) -> Reply:
@@ -187,7 +189,7 @@ class HttpServer:
             chunks, length = reply.body, reply.length or 0
         headers = [("date", self._http_date()), ("server", "toolflows-fake"), *reply.headers]
         no_body = request.method == "HEAD" or reply.status in (204, 304)
-        if reply.status != 204:
+        if reply.status != 204 and not reply.chunked:
             headers.append(("content-length", str(length)))
         response = h11.Response(
             status_code=reply.status, headers=headers, reason=phrase(reply.status)

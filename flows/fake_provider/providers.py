@@ -15,7 +15,7 @@ import secrets
 import time
 import uuid
 from base64 import b32encode
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
@@ -815,5 +815,73 @@ class Jobs(Api):
         return Reply(204)
 
 
+class Probe(Api):
+    """Test instruments on the API origin, no credentials needed (not a provider).
+
+    - ``/_probe/redirect?to=URL&status=302``: a redirect (any method) to ``to``.
+    - ``/_probe/headers``: echoes the request's method, headers and query as JSON.
+    - ``/_probe/stream?bytes=N&type=T&chunked=1``: a valid JSON document of N bytes
+      (``{"padding": "xxx…"}``), streamed; ``chunked=1`` leaves out Content-Length.
+    """
+
+    name = "probe"
+    METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH")
+    STREAM_PIECE = 1 << 20
+
+    def routes(self) -> list[Route]:
+        return [
+            *(self.route(method, r"/_probe/redirect", self.redirect) for method in self.METHODS),
+            *(self.route(method, r"/_probe/headers", self.headers) for method in self.METHODS),
+            self.route("GET", r"/_probe/stream", self.stream),
+        ]
+
+    def check(self, request: Request) -> Reply | None:
+        return None
+
+    def error(self, status: int, message: str) -> Reply:
+        return Reply.json(status, {"error": message})
+
+    async def redirect(self, request: Request) -> Reply:
+        target = request.query.get("to")
+        if not target:
+            return self.error(400, "to is required")
+        status = int(request.query.get("status", "302"))
+        return Reply(status, (("location", target),))
+
+    async def headers(self, request: Request) -> Reply:
+        echo = {"method": request.method, "headers": request.headers, "query": request.query}
+        return Reply.json(200, echo)
+
+    async def stream(self, request: Request) -> Reply:
+        size = int(request.query.get("bytes", "0"))
+        opening, closing = b'{"padding": "', b'"}'
+        if size < len(opening) + len(closing):
+            return self.error(400, f"bytes must be at least {len(opening) + len(closing)}")
+
+        def pieces() -> Iterator[bytes]:
+            yield opening
+            left = size - len(opening) - len(closing)
+            filler = b"x" * min(self.STREAM_PIECE, left)
+            while left > 0:
+                piece = filler[:left]
+                left -= len(piece)
+                yield piece
+            yield closing
+
+        content_type = request.query.get("type", "application/json")
+        chunked = request.query.get("chunked") in ("1", "true")
+        return Reply(200, (("content-type", content_type),), pieces(), size, chunked=chunked)
+
+
 # FAL last: its submit route (`/{owner}/{app}/...`) would swallow the others' paths.
-APIS: tuple[type[Api], ...] = (HeyGen, Replicate, Runway, OpenAI, Jobs, Operation, Fal)
+# Probe first: its paths are not any provider's.
+APIS: tuple[type[Api], ...] = (
+    Probe,
+    HeyGen,
+    Replicate,
+    Runway,
+    OpenAI,
+    Jobs,
+    Operation,
+    Fal,
+)

@@ -1,0 +1,196 @@
+"""Cancelling a run cancels the remote job: in the run, and from the runner's hook."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
+from prefect.states import Cancelling, Scheduled
+from prefect.utilities.asyncutils import run_coro_as_sync
+
+from flows.core.errors import ErrorCode, ToolflowsError
+from flows.engine import run_tool_method
+from tests.helpers import PARAMS, fake_method
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def test_a_flow_run_timeout_cancels_the_remote_job(fresh_fake):
+    fresh_fake.script("runway", polls_until_done=10_000)
+    method = fake_method(fresh_fake, "runway", max_wait_seconds=60)
+
+    with pytest.raises((ToolflowsError, TimeoutError)):
+        run_coro_as_sync(
+            run_tool_method.with_options(timeout_seconds=1.5)(method.model_dump(), PARAMS["runway"])
+        )
+
+    assert len(fresh_fake.cancels("runway")) == 1
+    assert fresh_fake.cancels("runway")[0] == fresh_fake.jobs("runway")[0].id
+
+
+def test_polling_timeout_without_cancel_on_timeout_leaves_the_job(fresh_fake):
+    fresh_fake.script("runway", polls_until_done=10_000)
+    method = fake_method(fresh_fake, "runway", max_wait_seconds=0.5, cancel_on_timeout=False)
+
+    with pytest.raises(ToolflowsError) as raised:
+        run_coro_as_sync(run_tool_method(method.model_dump(), PARAMS["runway"]))
+
+    assert raised.value.code is ErrorCode.POLLING_TIMEOUT
+    assert fresh_fake.cancels() == []
+
+
+@contextmanager
+def served(prefect_api: str, log: Path) -> Iterator[tuple[str, int]]:
+    """``run_tool_method`` served by a runner process; yields the deployment name and pid."""
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": prefect_api,
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+    }
+    with log.open("w") as output:
+        runner = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from flows.engine import run_tool_method; "
+                "run_tool_method.serve(name='cancel-test', print_starting_message=False)",
+            ],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield "run_tool_method/cancel-test", runner.pid
+        finally:
+            runner.terminate()
+            runner.wait(timeout=30)
+
+
+def test_cancelling_a_served_run_mid_poll_cancels_the_remote_job(fresh_fake, prefect_api, tmp_path):
+    fresh_fake.script("fal", polls_until_done=10_000)
+    method = fake_method(
+        fresh_fake, "fal", max_wait_seconds=120, interval_seconds=0.2, max_interval_seconds=0.5
+    )
+    with served(prefect_api, tmp_path / "runner.log") as (deployment, _):
+        flow_run = start_and_cancel_mid_poll(fresh_fake, deployment, method)
+        wait_for(lambda: fresh_fake.cancels("fal"), 60, "the provider to see the cancel")
+
+    job = fresh_fake.jobs("fal")[0]
+    assert fresh_fake.cancels("fal")[0] == job.id
+    assert fresh_fake.submits("fal") == 1
+    assert flow_run.id
+
+
+def start_and_cancel_mid_poll(fake, served: str, method) -> object:
+    """Run the deployment, wait until it polls, then cancel it as the UI does."""
+
+    wait_for(lambda: deployment_exists(served), 60, "the served deployment")
+    flow_run = run_deployment(
+        served, parameters={"method": method.model_dump(), "params": PARAMS["fal"]}, timeout=0
+    )
+    wait_for(
+        lambda: len(fake.requests(method="GET", path_prefix="/fal-ai/kling-video/requests")) >= 2,
+        90,
+        "the run to poll",
+    )
+
+    async def cancel() -> None:
+        async with get_client() as client:
+            await client.set_flow_run_state(flow_run.id, Cancelling(), force=True)
+
+    run_coro_as_sync(cancel())
+    return flow_run
+
+
+def test_a_crashed_run_rerun_resumes_the_same_job_without_a_second_submit(
+    fresh_fake, prefect_api, tmp_path
+):
+    """SIGKILL the run's process after the submit; the same flow run, rerun, resumes it."""
+    fresh_fake.script("heygen", polls_until_done=6)
+    method = fake_method(
+        fresh_fake, "heygen", max_wait_seconds=120, interval_seconds=0.3, max_interval_seconds=0.5
+    )
+    with served(prefect_api, tmp_path / "runner.log") as (deployment, runner_pid):
+        wait_for(lambda: deployment_exists(deployment), 60, "the served deployment")
+        flow_run = run_deployment(
+            deployment,
+            parameters={"method": method.model_dump(), "params": PARAMS["heygen"]},
+            timeout=0,
+        )
+        wait_for(lambda: status_checks(fresh_fake) >= 1, 90, "the first status check")
+        os.kill(flow_run_process(runner_pid), signal.SIGKILL)
+        wait_for(lambda: read_flow_run(flow_run.id).state_type.value == "CRASHED", 60, "a crash")
+
+        async def rerun() -> None:  # what the UI's "Retry" does
+            async with get_client() as client:
+                await client.set_flow_run_state(flow_run.id, Scheduled(), force=True)
+
+        run_coro_as_sync(rerun())
+        wait_for(lambda: read_flow_run(flow_run.id).state_type.value == "COMPLETED", 90, "done")
+
+    assert fresh_fake.submits("heygen") == 1
+    job = fresh_fake.jobs("heygen")[0]
+    result = run_coro_as_sync(read_flow_run_result(flow_run.id))
+    assert result.task_id == job.id
+    assert result.files[0].sha256 == fresh_fake.expected_sha256(job.id)
+
+
+def flow_run_process(runner_pid: int) -> int:
+    """The pid of the process the runner spawned for the (only) flow run in progress."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == runner_pid and b"spawn_main" in cmdline:
+            return int(stat.parent.name)
+    raise AssertionError(f"runner {runner_pid} runs no flow run")
+
+
+def status_checks(fake) -> int:
+    return len(fake.requests(method="GET", path_prefix="/v1/video_status.get"))
+
+
+def deployment_exists(name: str) -> bool:
+    async def read() -> bool:
+        async with get_client() as client:
+            try:
+                await client.read_deployment_by_name(name)
+            except ObjectNotFound:
+                return False
+            return True
+
+    return run_coro_as_sync(read())
+
+
+def read_flow_run(flow_run_id):
+    async def read():
+        async with get_client() as client:
+            return await client.read_flow_run(flow_run_id)
+
+    return run_coro_as_sync(read())
+
+
+async def read_flow_run_result(flow_run_id):
+    async with get_client() as client:
+        flow_run = await client.read_flow_run(flow_run_id)
+    return await flow_run.state.aresult()
