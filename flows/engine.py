@@ -24,6 +24,7 @@ from flows.download import download_outputs
 from flows.methods import PreparedMethod, load_method, prepare_method, session_for
 from flows.models import SubmittedJob, ToolResult
 from flows.poll import Answer, check_status, fetch_result, paced, raise_if_unsuccessful, status_of
+from flows.reporting import job_journal, publish_failure, publish_success
 from flows.submit import resumed_job, submit_job
 
 # How long a cancelled or timed-out run may spend asking the provider to cancel.
@@ -83,25 +84,30 @@ async def run_prepared(
     """Run a method whose config has been checked (nothing sent yet)."""
     definition = prepared.definition
     async with session_for(prepared):
-        if resume_task_id:
-            job = resumed_job(definition, resume_task_id, params)
-        else:
-            job = await submit_job(definition, params)
-        try:
-            return await _collect(definition, job, params)
-        except ToolflowsError as error:
-            error.with_task_id(job.task_id)
-            if (
-                error.code is ErrorCode.POLLING_TIMEOUT
-                and definition.adapter_config.polling.cancel_on_timeout
-            ):
-                await cancel_job(definition, job, params)
-            raise
-        except asyncio.CancelledError:
-            # The flow run timed out or was cancelled: nobody will collect the job.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(CANCEL_GRACE_SECONDS):
-                await cancel_job(definition, job, params)
-            raise
+        with job_journal(definition) as journal:
+            if resume_task_id:
+                job = resumed_job(definition, resume_task_id, params)
+            else:
+                job = await submit_job(definition, params)
+            journal.task_id = job.task_id
+            try:
+                result = await _collect(definition, job, params)
+            except ToolflowsError as error:
+                error.with_task_id(job.task_id)
+                if (
+                    error.code is ErrorCode.POLLING_TIMEOUT
+                    and definition.adapter_config.polling.cancel_on_timeout
+                ):
+                    await cancel_job(definition, job, params)
+                await publish_failure(error, journal)
+                raise
+            except asyncio.CancelledError:
+                # The flow run timed out or was cancelled: nobody will collect the job.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(CANCEL_GRACE_SECONDS):
+                    await cancel_job(definition, job, params)
+                raise
+            await publish_success(result, journal)
+            return result
 
 
 async def _collect(

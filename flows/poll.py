@@ -23,7 +23,13 @@ from prefect.states import State
 
 from flows.core.backoff import PollSchedule, parse_retry_after
 from flows.core.definition import MethodDefinition, PollingConfig
-from flows.core.detection import JobState, JobStatus, detect_status, find_outputs
+from flows.core.detection import (
+    JobState,
+    JobStatus,
+    detect_status,
+    find_outputs,
+    find_progress,
+)
 from flows.core.errors import ErrorCode, ToolflowsError
 from flows.download import file_target, store_body
 from flows.http import (
@@ -35,6 +41,7 @@ from flows.http import (
     read_capped,
 )
 from flows.models import StoredFile, SubmittedJob
+from flows.reporting import report_status
 
 ERROR_BODY_BYTES = 64 * 1024
 JSON_BODY_BYTES = 16 * 1024 * 1024
@@ -151,6 +158,7 @@ async def check_status(method: MethodDefinition, job: SubmittedJob) -> tuple[Job
     answer = await fetch_answer(method, job, status_url, what="status check", pace=pace)
     status = status_of(answer, method.adapter_config.polling)
     logger.info("Task %s status: %s", job.task_id, status.value or status.state.value)
+    await report_status(status, find_progress(answer.payload))
     if status.state is JobState.PENDING:
         pace.check_again(f"status {status.value or 'pending'}", last_status=status.value)
     raise_if_unsuccessful(status, job.task_id)

@@ -1,0 +1,248 @@
+"""What a run shows in Prefect: artifacts in the UI and events for automations.
+
+Each job keeps a ``JobJournal`` (status history, checks made, progress) while
+it runs; at the end the journal becomes a summary artifact, each stored file a
+link artifact, and the outcome a ``toolflows.job.completed`` / ``.failed``
+event that automations can chain on. None of them carries a secret: messages
+are already redacted and file URIs are storage references.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from prefect.artifacts import (
+    acreate_link_artifact,
+    acreate_markdown_artifact,
+    acreate_progress_artifact,
+    aupdate_progress_artifact,
+)
+from prefect.events import emit_event
+
+from flows.core.definition import MethodDefinition
+from flows.core.detection import JobStatus, Progress
+from flows.core.errors import ToolflowsError
+from flows.models import ToolResult
+
+COMPLETED_EVENT = "toolflows.job.completed"
+FAILED_EVENT = "toolflows.job.failed"
+
+
+@dataclass(frozen=True)
+class StatusEntry:
+    at: float
+    status: str
+    progress: Progress | None
+
+
+@dataclass
+class JobJournal:
+    """The story of one job, told at the end as artifacts and an event."""
+
+    method: MethodDefinition
+    task_id: str | None = None
+    started_at: float = field(default_factory=time.time)
+    history: list[StatusEntry] = field(default_factory=list)
+    progress_artifact: UUID | None = None
+
+    @property
+    def checks(self) -> int:
+        return len(self.history)
+
+    def record(self, status: JobStatus, progress: Progress | None) -> None:
+        """Remember a status check (the summary folds consecutive repeats)."""
+        label = status.value or status.state.value
+        self.history.append(StatusEntry(time.time(), label, progress))
+
+
+_current_journal: ContextVar[JobJournal | None] = ContextVar("toolflows_journal", default=None)
+
+
+@contextmanager
+def job_journal(method: MethodDefinition) -> Iterator[JobJournal]:
+    """Open the journal of one job (each job of a batch has its own)."""
+    journal = JobJournal(method=method)
+    token = _current_journal.set(journal)
+    try:
+        yield journal
+    finally:
+        _current_journal.reset(token)
+
+
+def current_journal() -> JobJournal | None:
+    return _current_journal.get()
+
+
+async def report_status(status: JobStatus, progress: Progress | None) -> None:
+    """Record a status check, and move the progress artifact when the provider reports some."""
+    journal = current_journal()
+    if journal is None:
+        return
+    journal.record(status, progress)
+    if progress is None:
+        return
+    percent = 100 * progress.fraction if progress.fraction is not None else 0.0
+    description = _progress_text(journal, status, progress)
+    if journal.progress_artifact is None:
+        journal.progress_artifact = await acreate_progress_artifact(
+            progress=percent, description=description
+        )
+    else:
+        await aupdate_progress_artifact(
+            journal.progress_artifact, progress=percent, description=description
+        )
+
+
+def _progress_text(journal: JobJournal, status: JobStatus, progress: Progress) -> str:
+    text = f"{journal.method.qualified_name} job {journal.task_id}: {status.value or 'pending'}"
+    if progress.queue_position is not None:
+        text += f", position {progress.queue_position} in the provider's queue"
+    return text
+
+
+async def publish_success(result: ToolResult, journal: JobJournal) -> None:
+    """Link artifacts for the files, the job summary, and the completed event."""
+    if journal.progress_artifact is not None:
+        await aupdate_progress_artifact(
+            journal.progress_artifact, progress=100.0, description=f"{result.method}: done"
+        )
+    for stored in result.files:
+        await acreate_link_artifact(
+            link=stored.uri,
+            link_text=stored.filename,
+            description=f"{result.method} job {result.task_id}: {stored.mimetype}, "
+            f"{stored.size} bytes, sha256 {stored.sha256}",
+        )
+    await acreate_markdown_artifact(
+        markdown=_summary(journal, "success", result=result),
+        key=_artifact_key(journal.method),
+        description=f"{result.method} job {result.task_id}",
+    )
+    emit_event(
+        event=COMPLETED_EVENT,
+        resource=_job_resource(journal),
+        related=[_method_resource(journal.method)],
+        payload={
+            "method": result.method,
+            "taskId": result.task_id,
+            "files": [
+                {
+                    "uri": stored.uri,
+                    "filename": stored.filename,
+                    "mimetype": stored.mimetype,
+                    "size": stored.size,
+                    "sha256": stored.sha256,
+                }
+                for stored in result.files
+            ],
+            "warnings": [warning.code for warning in result.warnings],
+        },
+    )
+
+
+async def publish_failure(error: ToolflowsError, journal: JobJournal) -> None:
+    """The job summary and the failed event (the message is already redacted)."""
+    await acreate_markdown_artifact(
+        markdown=_summary(journal, "error", error=error),
+        key=_artifact_key(journal.method),
+        description=f"{journal.method.qualified_name} job {journal.task_id}: {error.code}",
+    )
+    emit_event(
+        event=FAILED_EVENT,
+        resource=_job_resource(journal),
+        related=[_method_resource(journal.method)],
+        payload={
+            "method": journal.method.qualified_name,
+            "taskId": journal.task_id,
+            "error": error.to_dict(),
+        },
+    )
+
+
+def _job_resource(journal: JobJournal) -> dict[str, str]:
+    return {
+        "prefect.resource.id": f"toolflows.job.{journal.method.slug}.{journal.task_id}",
+        "prefect.resource.name": f"{journal.method.qualified_name} {journal.task_id}",
+        "toolflows.method": journal.method.qualified_name,
+        "toolflows.task-id": str(journal.task_id),
+    }
+
+
+def _method_resource(method: MethodDefinition) -> dict[str, str]:
+    return {
+        "prefect.resource.id": f"toolflows.method.{method.slug}",
+        "prefect.resource.role": "tool-method",
+        "prefect.resource.name": method.qualified_name,
+    }
+
+
+def _artifact_key(method: MethodDefinition) -> str:
+    return f"toolflows-{method.slug}"[:100]
+
+
+def _summary(
+    journal: JobJournal,
+    outcome: str,
+    *,
+    result: ToolResult | None = None,
+    error: ToolflowsError | None = None,
+) -> str:
+    verdict = f"**{outcome}**" + (f" ({error.code}: {error.message})" if error else "")
+    lines = [
+        f"# {journal.method.qualified_name}",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| Job id | `{journal.task_id}` |",
+        f"| Outcome | {verdict} |",
+        f"| Status checks | {journal.checks} |",
+        f"| Elapsed | {time.time() - journal.started_at:.1f} s |",
+        "",
+        "## Status history",
+        "",
+        "| time (UTC) | status | progress |",
+        "|---|---|---|",
+    ]
+    previous = None
+    for entry in journal.history:
+        progress = _progress_cell(entry.progress)
+        if (entry.status, progress) == previous:
+            continue
+        previous = (entry.status, progress)
+        lines.append(f"| {_clock(entry.at)} | {entry.status} | {progress} |")
+    if result is not None:
+        lines += [
+            "",
+            "## Files",
+            "",
+            "| file | type | size | sha256 | uri |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {f.filename} | {f.mimetype} | {f.size} | `{f.sha256[:16]}…` | {f.uri} |"
+            for f in result.files
+        ]
+        lines += [f"- warning {w.code}: {w.message}" for w in result.warnings]
+    return "\n".join(lines)
+
+
+def _progress_cell(progress: Progress | None) -> str:
+    if progress is None:
+        return ""
+    parts: list[Any] = []
+    if progress.fraction is not None:
+        parts.append(f"{100 * progress.fraction:.0f}%")
+    if progress.queue_position is not None:
+        parts.append(f"queue #{progress.queue_position}")
+    return ", ".join(parts)
+
+
+def _clock(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%H:%M:%S")
