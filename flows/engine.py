@@ -21,6 +21,7 @@ from flows.core.detection import JobState, find_outputs, find_result_link
 from flows.core.errors import ErrorCode, ToolflowsError
 from flows.core.templates import render_template, resolve_link
 from flows.download import download_outputs
+from flows.limits import provider_slot
 from flows.methods import PreparedMethod, load_method, prepare_method, session_for
 from flows.models import SubmittedJob, ToolResult
 from flows.poll import Answer, check_status, fetch_result, paced, raise_if_unsuccessful, status_of
@@ -82,16 +83,30 @@ async def run_prepared(
     prepared: PreparedMethod, params: dict[str, Any], *, resume_task_id: str | None = None
 ) -> ToolResult:
     """Run a method whose config has been checked (nothing sent yet)."""
-    definition = prepared.definition
     async with session_for(prepared):
-        with job_journal(definition) as journal:
+        return await run_job(prepared.definition, params, resume_task_id=resume_task_id)
+
+
+async def run_job(
+    definition: MethodDefinition,
+    params: dict[str, Any],
+    *,
+    resume_task_id: str | None = None,
+    job_key: str = "",
+) -> ToolResult:
+    """One job, inside an open provider session (a batch runs many in one session).
+
+    ``job_key`` distinguishes jobs of one flow run that share their params.
+    """
+    with job_journal(definition) as journal:
+        async with provider_slot(definition):
             if resume_task_id:
                 job = resumed_job(definition, resume_task_id, params)
             else:
-                job = await submit_job(definition, params)
+                job = await submit_job(definition, params, job_key)
             journal.task_id = job.task_id
             try:
-                result = await _collect(definition, job, params)
+                answer, last_payload = await _wait_for(definition, job, params)
             except ToolflowsError as error:
                 error.with_task_id(job.task_id)
                 if (
@@ -106,14 +121,20 @@ async def run_prepared(
                 with anyio.CancelScope(shield=True), anyio.move_on_after(CANCEL_GRACE_SECONDS):
                     await cancel_job(definition, job, params)
                 raise
-            await publish_success(result, journal)
-            return result
+        # The provider's job is over: its slot is free while the files download.
+        try:
+            result = await _store_outputs(definition, job, answer, last_payload)
+        except ToolflowsError as error:
+            await publish_failure(error.with_task_id(job.task_id), journal)
+            raise
+        await publish_success(result, journal)
+        return result
 
 
-async def _collect(
+async def _wait_for(
     definition: MethodDefinition, job: SubmittedJob, params: dict[str, Any]
-) -> ToolResult:
-    """Wait for the submitted job, fetch its result and store its outputs."""
+) -> tuple[Answer, Any]:
+    """Wait for the job to succeed; return the final answer and the last JSON payload."""
     polling = definition.adapter_config.polling
     # http_status 0: the outputs-without-status rule is for status answers only;
     # a submit answer with outputs and no job id is handled below.
@@ -128,7 +149,14 @@ async def _collect(
             status, answer = await paced(check_status, polling)(definition, job)
     raise_if_unsuccessful(status, job.task_id)
     last_payload = answer.payload
-    answer = await _result_answer(definition, job, answer, params)
+    return await _result_answer(definition, job, answer, params), last_payload
+
+
+async def _store_outputs(
+    definition: MethodDefinition, job: SubmittedJob, answer: Answer, last_payload: Any
+) -> ToolResult:
+    """Download the outputs found in the final answer into result storage."""
+    polling = definition.adapter_config.polling
     data = answer.payload if answer.payload is not None else last_payload
     files = list(answer.files)
     warnings = []

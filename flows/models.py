@@ -73,3 +73,20 @@ class SubmittedJob(_CamelModel):
     status_url: str | None = None
     cancel_url: str | None = None
     files: list[StoredFile] = Field(default_factory=list)
+
+
+class ErrorResult(_CamelModel):
+    """A failed job, as the CLI prints it: ``{"status": "error", "error": {...}}``."""
+
+    status: Literal["error"] = "error"
+    error: dict[str, Any]
+
+
+class BatchResult(_CamelModel):
+    """Every job of a batch, in the order of its params."""
+
+    results: list[ToolResult | ErrorResult]
+
+    @property
+    def succeeded(self) -> list[ToolResult]:
+        return [result for result in self.results if isinstance(result, ToolResult)]

@@ -41,12 +41,16 @@ MAX_SUBMIT_WAIT_SECONDS = 60.0
     description="Send the method's request once; the job is persisted so it is never sent twice.",
     persist_result=True,
 )
-async def submit_job(method: MethodDefinition, params: dict[str, Any]) -> SubmittedJob:
+async def submit_job(
+    method: MethodDefinition, params: dict[str, Any], job_key: str = ""
+) -> SubmittedJob:
     """Submit the job and find its id and links (SPEC §4.1, §4.2).
 
     Whatever the answer, a 2xx is persisted as it is: deciding what it means
     (finished, failed, no id) is the flow's job, so that no later error can
-    make a retried run send the paid request again.
+    make a retried run send the paid request again. ``job_key`` tells apart
+    jobs of one flow run with the same params (a batch asking for 5 takes):
+    the cache that remembers a submit is keyed by the flow run and the inputs.
     """
     session = current_session()
     logger = get_run_logger()

@@ -68,6 +68,12 @@ class AdapterConfig(BaseModel):
     storage: str | None = Field(
         None, description="Storage block for outputs, e.g. s3-bucket/media (default: results)."
     )
+    concurrency_limit: str | None = Field(
+        None, description="Prefect global concurrency limit: the provider's parallel-job cap."
+    )
+    rate_limit: str | None = Field(
+        None, description="Prefect rate limit (a limit with slot decay) paced before each submit."
+    )
 
 
 class MethodDefinition(BaseModel):
