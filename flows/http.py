@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import Enum
@@ -174,10 +174,17 @@ async def provider_session(
         allowed_hosts=allowed_hosts,
         placeholder_values=placeholder_values or {},
     )
+    async with client:
+        with using_session(session):
+            yield session
+
+
+@contextmanager
+def using_session(session: ProviderSession) -> Iterator[ProviderSession]:
+    """Make ``session`` the current one here (a pipeline runs steps of several methods)."""
     token = _current_session.set(session)
     try:
-        async with client:
-            yield session
+        yield session
     finally:
         _current_session.reset(token)
 

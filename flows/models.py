@@ -10,7 +10,7 @@ from pydantic.alias_generators import to_camel
 from flows.storage import open_stored
 
 
-class _CamelModel(BaseModel):
+class CamelModel(BaseModel):
     """Fields in snake_case for Python, camelCase in JSON (the original system's shape)."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
@@ -19,7 +19,7 @@ class _CamelModel(BaseModel):
         return self.model_dump(mode="json", by_alias=True)
 
 
-class StoredFile(_CamelModel):
+class StoredFile(CamelModel):
     """A downloaded output, persisted in result storage: a reference, never the bytes."""
 
     uri: str
@@ -39,7 +39,7 @@ class StoredFile(_CamelModel):
             return handle.read()
 
 
-class Warning_(_CamelModel):
+class Warning_(CamelModel):
     """Something that went wrong without failing the run (e.g. ``DOWNLOAD_FAILED``)."""
 
     code: str
@@ -47,7 +47,7 @@ class Warning_(_CamelModel):
     source_url: str | None = None
 
 
-class ToolResult(_CamelModel):
+class ToolResult(CamelModel):
     """A successful run: the final payload and the stored files."""
 
     status: Literal["success"] = "success"
@@ -60,7 +60,7 @@ class ToolResult(_CamelModel):
     warnings: list[Warning_] = Field(default_factory=list)
 
 
-class SubmittedJob(_CamelModel):
+class SubmittedJob(CamelModel):
     """The submit's outcome, persisted before the first status check.
 
     A retried or resumed flow run reads it back instead of submitting again.
@@ -75,14 +75,14 @@ class SubmittedJob(_CamelModel):
     files: list[StoredFile] = Field(default_factory=list)
 
 
-class ErrorResult(_CamelModel):
+class ErrorResult(CamelModel):
     """A failed job, as the CLI prints it: ``{"status": "error", "error": {...}}``."""
 
     status: Literal["error"] = "error"
     error: dict[str, Any]
 
 
-class BatchResult(_CamelModel):
+class BatchResult(CamelModel):
     """Every job of a batch, in the order of its params."""
 
     results: list[ToolResult | ErrorResult]

@@ -16,6 +16,7 @@ from flows.models import ToolResult
 PRESETS = {
     "heygen": ("heygen", "create_avatar_video_v2", "HEYGEN_API_KEY"),
     "fal": ("fal", "kling_image_to_video", "FAL_KEY"),
+    "fal_image": ("fal", "flux_dev_image", "FAL_KEY"),
     "runway": ("runway", "image_to_video", "RUNWAYML_API_SECRET"),
     "replicate": ("replicate", "create_prediction", "REPLICATE_API_TOKEN"),
 }
@@ -50,7 +51,7 @@ FAST_POLLING = {
 def fake_method(fake: Any, provider: str, **polling: Any) -> MethodDefinition:
     """The provider's preset aimed at the fake, its key in the environment, polling fast."""
     inventory_key, name, variable = PRESETS[provider]
-    os.environ[variable] = fake.api_keys[provider]
+    os.environ[variable] = fake.api_keys[inventory_key]
     method = retarget(load_preset(inventory_key, name), fake.api_url)
     method.adapter_config.polling = method.adapter_config.polling.model_copy(
         update={**FAST_POLLING, **polling}

@@ -1,0 +1,85 @@
+"""How a pipeline runs one step: a method, params filled from earlier steps.
+
+A step's params are a template: a string value that is exactly ``{name}``
+becomes the named value (any JSON type); other strings are formatted with the
+values (``"a cat, {style}"``). Each method gets one provider session for the
+whole pipeline run (one pooled client per method, not per job).
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+from flows.core.definition import MethodDefinition
+from flows.core.detection import find_outputs
+from flows.core.errors import ErrorCode, ToolflowsError
+from flows.engine import run_job
+from flows.http import ProviderSession, using_session
+from flows.methods import load_method, prepare_method, session_for, validate_params
+from flows.models import ToolResult
+
+
+def fill(template: Any, values: dict[str, Any]) -> Any:
+    """The template with ``{name}`` placeholders replaced, recursively."""
+    if isinstance(template, dict):
+        return {key: fill(value, values) for key, value in template.items()}
+    if isinstance(template, list):
+        return [fill(item, values) for item in template]
+    if not isinstance(template, str):
+        return template
+    name = template[1:-1]
+    if template.startswith("{") and template.endswith("}") and name in values:
+        return values[name]
+    try:
+        return template.format_map(values)
+    except (KeyError, ValueError, IndexError) as exc:
+        raise ToolflowsError(
+            ErrorCode.CONFIG_INVALID,
+            f"pipeline params template {template!r}: no value for {exc} "
+            f"(known: {', '.join(sorted(values))})",
+        ) from None
+
+
+def handoff_url(result: ToolResult) -> str:
+    """The primary output as a URL the next provider can fetch: the provider's own link."""
+    outputs = find_outputs(result.data)
+    if outputs:
+        return outputs[0].url
+    if result.files and result.files[0].uri.startswith(("http://", "https://")):
+        return result.files[0].uri
+    raise ToolflowsError(
+        ErrorCode.TASK_FAILED,
+        f"{result.method} job {result.task_id} produced no output URL to pass on",
+        task_id=result.task_id,
+    )
+
+
+@dataclass
+class Step:
+    """One step of a pipeline: a method and its params template."""
+
+    name: str
+    method: str | dict[str, Any]
+    params: dict[str, Any]
+    definition: MethodDefinition | None = None
+    session: ProviderSession | None = field(default=None, repr=False)
+
+    async def open(self, sessions: AsyncExitStack, sample: dict[str, Any]) -> None:
+        """Load and check the method (with sample values) before anything is sent."""
+        self.definition = await load_method(self.method)
+        validate_params(self.definition, fill(self.params, sample))
+        prepared = await prepare_method(self.definition, None, submitting=False)
+        self.session = await sessions.enter_async_context(session_for(prepared))
+
+    async def run(self, values: dict[str, Any], job_key: str) -> ToolResult:
+        """Run the step for one item; its failure names the step and the item."""
+        assert self.definition is not None and self.session is not None
+        params = fill(self.params, values)
+        with using_session(self.session):
+            try:
+                return await run_job(self.definition, params, job_key=f"{self.name}-{job_key}")
+            except ToolflowsError as error:
+                error.message = f"pipeline step {self.name!r} ({job_key}) failed: {error.message}"
+                raise

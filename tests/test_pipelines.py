@@ -1,0 +1,90 @@
+"""The image → video (+ narration) pipeline against the fake providers."""
+
+from __future__ import annotations
+
+import pytest
+from prefect.utilities.asyncutils import run_coro_as_sync
+
+from flows.core.errors import ErrorCode, ToolflowsError
+from flows.pipelines import image_to_video_pipeline
+from flows.pipelines.steps import fill
+from tests.helpers import fake_method
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+RUNWAY_PARAMS = {
+    "model": "gen4_turbo",
+    "promptImage": "{image_url}",
+    "promptText": "{prompt}",
+    "ratio": "1280:720",
+}
+HEYGEN_PARAMS = {
+    "video_inputs": [
+        {
+            "character": {"type": "avatar", "avatar_id": "Daisy-inskirt-20220818"},
+            "voice": {"type": "text", "input_text": "{prompt}", "voice_id": "v1"},
+        }
+    ]
+}
+
+
+def pipeline(fake, prompts, *, narration=True, video_params=RUNWAY_PARAMS):
+    return run_coro_as_sync(
+        image_to_video_pipeline(
+            prompts,
+            image_method=fake_method(fake, "fal_image").model_dump(),
+            video_method=fake_method(fake, "runway").model_dump(),
+            video_params=video_params,
+            narration_method=fake_method(fake, "heygen").model_dump() if narration else None,
+            narration_params=HEYGEN_PARAMS,
+        )
+    )
+
+
+def test_each_prompt_becomes_an_image_a_video_and_a_narration(fresh_fake):
+    fresh_fake.script("fal", kind="image")
+    prompts = ["a cat surfing", "a dog skiing"]
+
+    result = pipeline(fresh_fake, prompts)
+
+    assert [item.prompt for item in result.items] == prompts
+    runway_jobs = {job.id: job for job in fresh_fake.jobs("runway")}
+    heygen_jobs = {job.id: job for job in fresh_fake.jobs("heygen")}
+    for item in result.items:
+        assert item.image.files[0].mimetype == "image/png"
+        assert item.video.files[0].mimetype == "video/mp4"
+        # The video step was given the image provider's URL of this prompt's picture.
+        video_input = runway_jobs[item.video.task_id].input
+        assert video_input["promptImage"] == item.image.data["images"][0]["url"]
+        assert video_input["promptText"] == item.prompt
+        spoken = heygen_jobs[item.narration.task_id].input["video_inputs"][0]["voice"]
+        assert spoken["input_text"] == item.prompt
+    assert fresh_fake.submits("fal") == fresh_fake.submits("runway") == 2
+
+
+def test_a_failing_step_fails_the_pipeline_naming_the_step(fresh_fake):
+    fresh_fake.script("fal", kind="image")
+    fresh_fake.script("runway", outcome="failure")
+
+    with pytest.raises(ToolflowsError) as raised:
+        pipeline(fresh_fake, ["a cat surfing"], narration=False)
+
+    assert raised.value.code is ErrorCode.TASK_FAILED
+    assert "pipeline step 'video'" in raised.value.message
+    assert "An unexpected error occurred." in raised.value.message
+
+
+def test_a_bad_template_fails_before_any_submit(fresh_fake):
+    with pytest.raises(ToolflowsError) as raised:
+        pipeline(fresh_fake, ["a cat"], video_params={**RUNWAY_PARAMS, "seed": "{sed}"})
+
+    assert raised.value.code is ErrorCode.CONFIG_INVALID
+    assert "sed" in raised.value.message
+    assert fresh_fake.submits() == 0
+
+
+def test_fill_keeps_types_for_whole_placeholders_and_formats_the_rest():
+    values = {"prompt": "a cat", "count": 3, "urls": ["u1"]}
+    template = {"n": "{count}", "text": "draw {prompt}", "list": ["{urls}", 5]}
+
+    assert fill(template, values) == {"n": 3, "text": "draw a cat", "list": [["u1"], 5]}
