@@ -19,6 +19,7 @@ import httpx
 from prefect import task
 from prefect.logging import get_run_logger
 
+from flows.console import show_download
 from flows.core.definition import MethodDefinition
 from flows.core.detection import OutputRef, find_outputs
 from flows.core.errors import ErrorCode, ToolflowsError
@@ -233,6 +234,7 @@ class _Transfer:
                             size = self._check_size(size + len(chunk))
                             digest.update(chunk)
                             await upload.write(chunk)
+                            show_download(self.filename, size, expected)
                         break
                     except httpx.TransportError as exc:
                         resumes += 1
@@ -276,6 +278,7 @@ class _Transfer:
                 size = self._check_size(size + len(chunk))
                 digest.update(chunk)
                 await upload.write(chunk)
+                show_download(self.filename, size, None)
         return self._stored(key, size, digest.hexdigest())
 
     def _name_from(self, response: httpx.Response, head: bytes) -> None:

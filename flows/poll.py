@@ -21,6 +21,7 @@ from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 from prefect.states import State
 
+from flows.console import show_status
 from flows.core.backoff import PollSchedule, parse_retry_after
 from flows.core.definition import MethodDefinition, PollingConfig
 from flows.core.detection import (
@@ -121,6 +122,7 @@ class _Pace:
         delay = self.schedule.next_delay(
             self.attempt + 1, remaining_seconds=remaining, retry_after=retry_after
         )
+        show_status(self.task_id, last_status or reason, next_check_in=delay)
         raise CheckAgain(reason, delay)
 
 
@@ -162,6 +164,7 @@ async def check_status(method: MethodDefinition, job: SubmittedJob) -> tuple[Job
     if status.state is JobState.PENDING:
         pace.check_again(f"status {status.value or 'pending'}", last_status=status.value)
     raise_if_unsuccessful(status, job.task_id)
+    show_status(job.task_id, status.value or status.state.value)
     return status, answer
 
 
