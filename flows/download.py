@@ -313,6 +313,7 @@ class _Transfer:
     def _stored(self, key: str, size: int, sha256: str) -> StoredFile:
         return StoredFile(
             uri=self.target.store.uri_for(key),
+            storage_block=self.target.store.block_name,
             filename=key.rsplit("/", 1)[-1],
             mimetype=self.mimetype,
             size=size,

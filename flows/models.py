@@ -7,7 +7,7 @@ from typing import Any, BinaryIO, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from flows.storage import open_stored
+from flows.storage import open_stored, presigned_url
 
 
 class CamelModel(BaseModel):
@@ -28,10 +28,17 @@ class StoredFile(CamelModel):
     size: int
     sha256: str
     source_url: str
+    storage_block: str | None = Field(
+        None, exclude=True, description="The storage block holding the file, to read it back."
+    )
 
     def open(self) -> BinaryIO:
         """A binary file object reading the stored bytes."""
-        return open_stored(self.uri)
+        return open_stored(self.uri, self.storage_block)
+
+    def presigned_url(self, expires_seconds: int = 3600) -> str:
+        """An HTTPS link to the file that anyone can fetch until it expires (S3 only)."""
+        return presigned_url(self.uri, self.storage_block, expires_seconds)
 
     def read_bytes(self) -> bytes:
         """The whole file (replaces the original system's in-memory ``buffer``)."""

@@ -2,8 +2,16 @@
 
 A file is streamed into storage chunk by chunk (memory does not grow with its
 size) and published atomically: readers see the whole file or nothing.
-``LocalFileSystem`` (Prefect's embedded default) writes a temporary file and
-renames it into place.
+
+- ``LocalFileSystem`` (Prefect's embedded default): a temporary file renamed
+  into place.
+- prefect-aws ``S3Bucket``: an S3 multipart upload (parts of ``S3_PART_BYTES``),
+  completed at the end, aborted on any failure, so no object or orphan part is
+  left behind.
+- any other fsspec-based ``RemoteFileSystem``: a temporary path moved into place.
+
+Stored files carry the name of the block they live in, so they can be read
+back (and presigned) later from any process that can load that block.
 """
 
 from __future__ import annotations
@@ -13,13 +21,19 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 from urllib.parse import unquote, urlsplit
 
-from prefect.filesystems import LocalFileSystem, WritableFileSystem
+import anyio.to_thread
+from prefect.blocks.core import Block
+from prefect.filesystems import LocalFileSystem, RemoteFileSystem, WritableFileSystem
 from prefect.results import aget_default_result_storage, aresolve_result_storage, get_result_store
+from prefect.utilities.asyncutils import run_coro_as_sync
 
 from flows.core.errors import ErrorCode, ToolflowsError
+
+# S3 needs parts of at least 5 MiB (but the last); 8 MiB bounds memory per upload.
+S3_PART_BYTES = 8 * 1024 * 1024
 
 
 class Upload(Protocol):
@@ -29,7 +43,9 @@ class Upload(Protocol):
 
 
 class FileStore(Protocol):
-    """A place files can be streamed into and read back from."""
+    """A place files can be streamed into."""
+
+    block_name: str | None
 
     def uri_for(self, key: str) -> str: ...
 
@@ -39,8 +55,9 @@ class FileStore(Protocol):
 class LocalFileStore:
     """Files under a ``LocalFileSystem`` basepath, published by atomic rename."""
 
-    def __init__(self, basepath: str | os.PathLike[str]) -> None:
+    def __init__(self, basepath: str | os.PathLike[str], block_name: str | None = None) -> None:
         self.basepath = Path(basepath).expanduser().resolve()
+        self.block_name = block_name
 
     def path_for(self, key: str) -> Path:
         path = (self.basepath / key).resolve()
@@ -58,7 +75,7 @@ class LocalFileStore:
         partial = final.with_name(f".{final.name}.{uuid.uuid4().hex}.part")
         with partial.open("wb") as handle:
             try:
-                yield _LocalUpload(handle)
+                yield _FileUpload(handle)
                 handle.flush()
                 os.fsync(handle.fileno())
             except BaseException:
@@ -68,12 +85,128 @@ class LocalFileStore:
         os.replace(partial, final)
 
 
-class _LocalUpload:
-    def __init__(self, handle: BinaryIO) -> None:
+class _FileUpload:
+    def __init__(self, handle: Any) -> None:
         self._handle = handle
 
     async def write(self, chunk: bytes) -> None:
         self._handle.write(chunk)
+
+
+class S3FileStore:
+    """Objects in an ``S3Bucket`` block, written as multipart uploads."""
+
+    def __init__(self, bucket: Any, block_name: str | None = None) -> None:
+        self.bucket = bucket
+        self.block_name = block_name
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = self.bucket.credentials.get_s3_client()
+        return self._client
+
+    def object_key(self, key: str) -> str:
+        return self.bucket._resolve_path(key)
+
+    def uri_for(self, key: str) -> str:
+        return f"s3://{self.bucket.bucket_name}/{self.object_key(key)}"
+
+    @asynccontextmanager
+    async def upload(self, key: str) -> AsyncIterator[Upload]:
+        upload = _S3MultipartUpload(self.client, self.bucket.bucket_name, self.object_key(key))
+        await upload.start()
+        try:
+            yield upload
+            await upload.complete()
+        except BaseException:
+            await upload.abort()
+            raise
+
+
+class _S3MultipartUpload:
+    """Parts sent as they fill; the object exists only once ``complete`` succeeds."""
+
+    def __init__(self, client: Any, bucket: str, key: str) -> None:
+        self.client, self.bucket, self.key = client, bucket, key
+        self.buffer = bytearray()
+        self.parts: list[dict[str, Any]] = []
+        self.upload_id = ""
+
+    async def start(self) -> None:
+        answer = await anyio.to_thread.run_sync(
+            lambda: self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key)
+        )
+        self.upload_id = answer["UploadId"]
+
+    async def write(self, chunk: bytes) -> None:
+        self.buffer += chunk
+        while len(self.buffer) >= S3_PART_BYTES:
+            part = bytes(self.buffer[:S3_PART_BYTES])
+            del self.buffer[:S3_PART_BYTES]
+            await self._send(part)
+
+    async def complete(self) -> None:
+        if self.buffer or not self.parts:
+            await self._send(bytes(self.buffer))
+            self.buffer.clear()
+        await anyio.to_thread.run_sync(
+            lambda: self.client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=self.key,
+                UploadId=self.upload_id,
+                MultipartUpload={"Parts": self.parts},
+            )
+        )
+
+    async def abort(self) -> None:
+        if self.upload_id:
+            await anyio.to_thread.run_sync(
+                lambda: self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=self.key, UploadId=self.upload_id
+                )
+            )
+
+    async def _send(self, data: bytes) -> None:
+        number = len(self.parts) + 1
+        answer = await anyio.to_thread.run_sync(
+            lambda: self.client.upload_part(
+                Bucket=self.bucket,
+                Key=self.key,
+                UploadId=self.upload_id,
+                PartNumber=number,
+                Body=data,
+            )
+        )
+        self.parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+
+
+class FsspecFileStore:
+    """Any ``RemoteFileSystem`` (fsspec URL): a temporary path moved into place."""
+
+    def __init__(self, storage: RemoteFileSystem, block_name: str | None = None) -> None:
+        self.storage = storage
+        self.block_name = block_name
+
+    def uri_for(self, key: str) -> str:
+        return f"{self.storage.basepath.rstrip('/')}/{key}"
+
+    @asynccontextmanager
+    async def upload(self, key: str) -> AsyncIterator[Upload]:
+        filesystem = self.storage.filesystem
+        final = self.uri_for(key)
+        partial = f"{final}.{uuid.uuid4().hex}.part"
+        parent = final.rsplit("/", 1)[0]
+        filesystem.makedirs(parent, exist_ok=True)
+        with filesystem.open(partial, "wb") as handle:
+            try:
+                yield _FileUpload(handle)
+            except BaseException:
+                handle.close()
+                filesystem.rm(partial)
+                raise
+        filesystem.mv(partial, final)
 
 
 async def resolve_file_store(storage_block: str | None) -> FileStore:
@@ -91,17 +224,65 @@ async def resolve_file_store(storage_block: str | None) -> FileStore:
 
 
 def file_store_for(storage: WritableFileSystem) -> FileStore:
+    """The file store writing into a Prefect storage block."""
+    name = _block_name(storage)
     if isinstance(storage, LocalFileSystem):
-        return LocalFileStore(storage.basepath or ".")
+        return LocalFileStore(storage.basepath or ".", name)
+    if type(storage).__name__ == "S3Bucket":
+        return S3FileStore(storage, name)
+    if isinstance(storage, RemoteFileSystem):
+        return FsspecFileStore(storage, name)
     raise ToolflowsError(
         ErrorCode.CONFIG_INVALID,
-        f"result storage {type(storage).__name__} is not supported for files yet",
+        f"result storage {type(storage).__name__} cannot store files yet: use a local, "
+        "S3Bucket or RemoteFileSystem block",
     )
 
 
-def open_stored(uri: str) -> BinaryIO:
+def _block_name(storage: Block) -> str | None:
+    """``<block-type-slug>/<document-name>`` of a saved block, to load it again."""
+    name = getattr(storage, "_block_document_name", None)
+    if not name or getattr(storage, "_is_anonymous", False):
+        return None
+    return f"{storage.get_block_type_slug()}/{name}"
+
+
+def open_stored(uri: str, block_name: str | None = None) -> BinaryIO:
     """Open a stored file for reading, from the URI a result carries."""
     parts = urlsplit(uri)
     if parts.scheme == "file":
         return Path(unquote(parts.path)).open("rb")
+    if parts.scheme == "s3":
+        body = _s3_client(block_name).get_object(Bucket=parts.netloc, Key=parts.path.lstrip("/"))
+        return body["Body"]
+    if block_name:
+        storage = _load_block(block_name)
+        if isinstance(storage, RemoteFileSystem):
+            return storage.filesystem.open(uri, "rb")
     raise ToolflowsError(ErrorCode.DOWNLOAD_FAILED, f"cannot open stored file {uri!r}")
+
+
+def presigned_url(uri: str, block_name: str | None, expires_seconds: int) -> str:
+    """A time-limited HTTPS link to an S3 object (for the next provider in a pipeline)."""
+    parts = urlsplit(uri)
+    if parts.scheme != "s3":
+        raise ToolflowsError(
+            ErrorCode.CONFIG_INVALID, f"only S3 objects can be presigned, not {uri!r}"
+        )
+    return _s3_client(block_name).generate_presigned_url(
+        "get_object",
+        Params={"Bucket": parts.netloc, "Key": parts.path.lstrip("/")},
+        ExpiresIn=expires_seconds,
+    )
+
+
+def _s3_client(block_name: str | None) -> Any:
+    if block_name:
+        return _load_block(block_name).credentials.get_s3_client()
+    import boto3
+
+    return boto3.client("s3")
+
+
+def _load_block(block_name: str) -> Any:
+    return run_coro_as_sync(Block.aload(block_name))

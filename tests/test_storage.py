@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 
 import pytest
 
@@ -43,3 +44,27 @@ def test_a_broken_upload_leaves_nothing_behind(tmp_path):
 def test_keys_cannot_escape_the_basepath(tmp_path):
     with pytest.raises(ToolflowsError):
         LocalFileStore(tmp_path / "store").path_for("../outside.mp4")
+
+
+def test_an_fsspec_remote_file_system_block_keeps_working(fresh_fake, prefect_api):
+    from prefect.filesystems import RemoteFileSystem
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    from tests.helpers import PARAMS, fake_method, run
+
+    run_coro_as_sync(
+        RemoteFileSystem(basepath="memory://toolflows-test").asave("memory-store", overwrite=True)
+    )
+    fresh_fake.script("runway", file_size=70_000)
+    method = fake_method(fresh_fake, "runway")
+    method.adapter_config.storage = "remote-file-system/memory-store"
+
+    result = run(method, PARAMS["runway"])
+
+    file = result.files[0]
+    assert file.uri == (
+        f"memory://toolflows-test/runway/image_to_video/{result.task_id}/{file.filename}"
+    )
+    data = file.read_bytes()
+    assert len(data) == 70_000
+    assert hashlib.sha256(data).hexdigest() == fresh_fake.expected_sha256(result.task_id)
