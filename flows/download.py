@@ -20,6 +20,7 @@ from prefect import task
 from prefect.logging import get_run_logger
 
 from flows.console import show_download
+from flows.core.backoff import parse_retry_after
 from flows.core.definition import MethodDefinition
 from flows.core.detection import OutputRef, find_outputs
 from flows.core.errors import ErrorCode, ToolflowsError
@@ -171,7 +172,14 @@ async def store_body(response: httpx.Response, target: FileTarget, *, index: int
 
 
 class _BrokenTransfer(Exception):
-    """The body stopped early or the server hiccuped: worth another try."""
+    """The body stopped early or the server hiccuped: worth another try.
+
+    ``retry_after``: how long the server asked us to wait, if it said.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 @dataclass
@@ -190,7 +198,7 @@ class _Transfer:
             try:
                 return await self._download()
             except _BrokenTransfer as exc:
-                wait = min(2.0 ** (attempt - 1), 8.0)
+                wait = max(min(2.0 ** (attempt - 1), 8.0), exc.retry_after or 0.0)
                 past_deadline = time.time() + wait > self.target.deadline
                 if attempt >= MAX_ATTEMPTS or (
                     past_deadline and attempt >= MIN_ATTEMPTS_PAST_DEADLINE
@@ -259,7 +267,10 @@ class _Transfer:
                 if offset and response.status_code != 206:
                     raise _BrokenTransfer(f"server ignored Range (HTTP {response.status_code})")
                 if is_transient_status(response.status_code):
-                    raise _BrokenTransfer(f"HTTP {response.status_code}")
+                    raise _BrokenTransfer(
+                        f"HTTP {response.status_code}",
+                        retry_after=parse_retry_after(response.headers),
+                    )
                 if response.status_code >= 400:
                     raise ToolflowsError(
                         ErrorCode.DOWNLOAD_FAILED,

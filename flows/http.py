@@ -17,6 +17,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import httpx
 
@@ -141,6 +142,19 @@ class ProviderSession:
     def fill(self, url: str) -> str:
         """Resolve ``${VAR}`` at send time, so persisted URLs never hold the secret."""
         return substitute_env(url, self.placeholder_values) if "${" in url else url
+
+    def url_of(self, response: httpx.Response) -> str:
+        """The URL that answered, with ``${VAR}`` values put back as placeholders.
+
+        Answers' URLs are persisted (relative links resolve against them); the
+        secret a URL was sent with must not be.
+        """
+        url = str(response.url)
+        for name, value in self.placeholder_values.items():
+            for form in {value, quote(value, safe=""), quote_plus(value)}:
+                if form:
+                    url = url.replace(form, f"${{{name}}}")
+        return url
 
 
 _current_session: ContextVar[ProviderSession] = ContextVar("toolflows_provider_session")

@@ -237,9 +237,11 @@ async def fetch_answer(
                     method=method, task_id=job.task_id or "job", deadline=pace.deadline
                 )
                 stored = await store_body(response, target, index=0)
-                return Answer(payload=None, url=str(response.url), files=(stored,))
+                return Answer(payload=None, url=session.url_of(response), files=(stored,))
             await read_capped(response, JSON_BODY_BYTES)
             payload = parse_json(response, what=f"{what} answer", task_id=job.task_id)
-            return Answer(payload=payload, url=str(response.url), http_status=response.status_code)
+            return Answer(
+                payload=payload, url=session.url_of(response), http_status=response.status_code
+            )
     except httpx.TransportError as exc:
         pace.check_again(f"{what} failed ({type(exc).__name__})")

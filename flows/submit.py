@@ -67,12 +67,12 @@ async def submit_job(
             return SubmittedJob(
                 task_id=None,
                 submitted_at=submitted_at,
-                payload_url=str(response.url),
+                payload_url=session.url_of(response),
                 files=[stored],
             )
         await read_capped(response, 16 * 1024 * 1024)
         payload = parse_json(response, what="submit response")
-        payload_url = str(response.url)
+        payload_url = session.url_of(response)
 
     found = find_task_id(payload, polling.task_id_path)
     task_id = found.value if found else None
