@@ -139,6 +139,7 @@ async def publish_success(result: ToolResult, journal: JobJournal) -> None:
                     "mimetype": stored.mimetype,
                     "size": stored.size,
                     "sha256": stored.sha256,
+                    "storageBlock": stored.storage_block,
                 }
                 for stored in result.files
             ],

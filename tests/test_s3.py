@@ -154,3 +154,25 @@ def test_a_presigned_url_serves_the_bytes_to_plain_httpx(fresh_fake, s3):
     assert response.status_code == 200
     assert hashlib.sha256(response.content).hexdigest() == file.sha256
     assert "Signature" in url or "X-Amz-Signature" in url
+
+
+def test_a_stored_file_continues_into_the_next_method_as_a_presigned_link(fresh_fake, s3):
+    from flows.pipelines import continue_with_file
+
+    fresh_fake.script("fal", kind="image")
+    image_method = fake_method(fresh_fake, "fal_image")
+    image_method.adapter_config.storage = BLOCK
+    image = run(image_method, {"prompt": "a cat"}).files[0]
+
+    video = run_coro_as_sync(
+        continue_with_file(
+            fake_method(fresh_fake, "runway").model_dump(),
+            {"model": "gen4_turbo", "promptImage": "{file_url}", "ratio": "1280:720"},
+            image.uri,
+            image.storage_block,
+        )
+    )
+
+    handed_over = fresh_fake.job(video.task_id).input["promptImage"]
+    fetched = httpx.get(handed_over)
+    assert hashlib.sha256(fetched.content).hexdigest() == image.sha256
