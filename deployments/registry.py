@@ -1,11 +1,15 @@
-"""Saving method definitions as ``ToolMethod`` blocks, and finding the presets."""
+"""Saving method definitions as ``ToolMethod`` blocks, finding them, and the presets."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
+
 from blocks import ToolMethod
-from flows.core.definition import MethodDefinition
+from flows.core.definition import MethodDefinition, parse_definition
+from flows.core.errors import ToolflowsError
 from flows.methods import read_definition_file
 
 PRESETS_DIR = Path(__file__).parent / "presets"
@@ -39,3 +43,22 @@ async def register_files(files: list[Path]) -> list[dict[str, str]]:
     """Validate every file first, then save: a bad file saves nothing."""
     definitions = [definition for file in files for definition in read_definition_file(file)]
     return await register_definitions(definitions)
+
+
+async def saved_methods() -> dict[str, MethodDefinition]:
+    """Every saved ToolMethod block, by block name (enabled or not)."""
+    async with get_client() as client:
+        try:
+            # This endpoint answers every document at once (it has no paging).
+            documents = await client.read_block_documents_by_type(ToolMethod.get_block_type_slug())
+        except ObjectNotFound:  # the block type itself is not registered yet
+            return {}
+    methods = {}
+    for document in documents:
+        if document.is_anonymous or not document.name:
+            continue
+        try:
+            methods[document.name] = parse_definition(document.data)
+        except ToolflowsError as error:
+            raise ToolflowsError(error.code, f"block {document.name!r}: {error.message}") from None
+    return dict(sorted(methods.items()))

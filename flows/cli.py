@@ -1,4 +1,4 @@
-"""The ``toolflows`` command: register, run, demo (SPEC §3).
+"""The ``toolflows`` command: register, run, demo, serve, deploy (SPEC §3).
 
 stdout carries exactly one JSON document; everything else (Prefect's logs,
 the embedded server's output) goes to stderr. Exit 0 on success, 1 on a job
@@ -30,6 +30,10 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault(
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_TIMEOUT_SECONDS
     )
+    if args.command in (_run, _demo) and sys.stderr.isatty():
+        # The live status line shows progress; keep warnings and errors as lines.
+        # (Set before Prefect configures logging; the API still gets every log.)
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     sys.exit(args.command(args))
 
 
@@ -52,6 +56,19 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="a complete run against the built-in fake provider")
     demo.set_defaults(command=_demo)
+
+    serve = commands.add_parser(
+        "serve", help="serve every enabled method as its own deployment (foreground)"
+    )
+    serve.add_argument("--name-prefix", default="", metavar="PREFIX", help="deployment names")
+    serve.set_defaults(command=_serve)
+
+    deploy = commands.add_parser(
+        "deploy", help="create one deployment per enabled method on a work pool"
+    )
+    deploy.add_argument("--pool", required=True, metavar="NAME", help="a process work pool")
+    deploy.add_argument("--name-prefix", default="", metavar="PREFIX", help="deployment names")
+    deploy.set_defaults(command=_deploy)
     return parser
 
 
@@ -83,6 +100,47 @@ def _demo(args: argparse.Namespace) -> int:
     return _print_outcome(run_demo)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from deployments.deploy import serve_methods
+
+    with _stdout_to_stderr() as stdout:
+
+        def announce(names: list[str]) -> None:
+            _write(stdout, {"status": "serving", "deployments": names})
+
+        try:
+            asyncio.run(serve_methods(name_prefix=args.name_prefix, on_ready=announce))
+        except ToolflowsError as error:
+            return _print_error(error, stdout)
+        except KeyboardInterrupt:
+            pass
+        except Exception as error:
+            _write(stdout, _unexpected(error))
+            return 1
+    return 0
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from deployments.deploy import deploy_methods
+
+    with _stdout_to_stderr() as stdout:
+        try:
+            names = asyncio.run(deploy_methods(args.pool, name_prefix=args.name_prefix))
+        except ToolflowsError as error:
+            return _print_error(error, stdout)
+        except Exception as error:
+            _write(stdout, _unexpected(error))
+            return 1
+        _write(stdout, {"status": "success", "workPool": args.pool, "deployments": names})
+    return 0
+
+
+def _unexpected(error: Exception) -> dict[str, Any]:
+    """An error that is not a ToolflowsError (an unreachable API...), as the error document."""
+    internal = {"code": "INTERNAL_ERROR", "message": f"{type(error).__name__}: {error}"}
+    return {"status": "error", "error": internal}
+
+
 def parse_params(raw: str | None) -> dict[str, Any]:
     """``--params``: inline JSON or ``@file``; must be a JSON object."""
     if raw is None:
@@ -107,7 +165,7 @@ def parse_params(raw: str | None) -> dict[str, Any]:
 
 def _print_outcome(start: Callable[[], Any]) -> int:
     """Run a coroutine on the embedded defaults; print its result or its error."""
-    with _stdout_to_stderr() as stdout:
+    with _stdout_to_stderr() as stdout, _live_line_on_terminal():
         try:
             result = asyncio.run(start())
         except ToolflowsError as error:
@@ -128,6 +186,21 @@ def _print_error(error: ToolflowsError, stdout: Any = None) -> int:
 def _write(stream: Any, document: dict[str, Any]) -> None:
     stream.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
     stream.flush()
+
+
+@contextmanager
+def _live_line_on_terminal() -> Iterator[None]:
+    """On a terminal, a redrawn status line replaces the INFO log lines."""
+    from flows.console import start_live_line, stop_live_line
+
+    if not sys.stderr.isatty():
+        yield
+        return
+    start_live_line(sys.stderr)
+    try:
+        yield
+    finally:
+        stop_live_line()
 
 
 @contextmanager

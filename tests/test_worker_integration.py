@@ -1,0 +1,333 @@
+"""The real deployment path: a Prefect server, a process work pool, a worker, deployments.
+
+Everything runs as it would on a machine of its own: ``prefect server start``
+(SQLite in a temporary ``PREFECT_HOME``), ``prefect worker start`` in a
+directory without the code (the worker imports the installed package), the
+presets saved as blocks aimed at the fake provider, deployed both with
+``toolflows deploy --pool`` and with ``prefect deploy --all`` (prefect.yaml),
+then runs triggered by deployment name and checked through the Prefect API.
+This module starts its own server: it does not use the ``prefect_api`` fixture.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import httpx
+import pytest
+import yaml
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterName,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
+from prefect.client.schemas.objects import FlowRun
+from prefect.deployments import run_deployment
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.utilities.asyncutils import run_coro_as_sync
+from prefect.workers.process import ProcessWorker
+
+from deployments.registry import preset_files, register_definitions
+from flows.core.definition import MethodDefinition
+from flows.demo import retarget
+from flows.methods import read_definition_file
+from tests.helpers import FAST_POLLING, PARAMS, PRESETS
+
+PROJECT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+POOL = "toolflows"  # the work pool prefect.yaml names
+PRESET_DEFINITIONS = [d for file in preset_files() for d in read_definition_file(file)]
+# Generous: a loaded 2-core machine starts a server in ~30 s and a flow run process in ~10 s.
+SERVER_START_SECONDS = 120
+RUN_SECONDS = 150
+
+
+@dataclass
+class Stack:
+    api_url: str
+    logs: Path
+    toolflows_deploy: dict[str, Any]
+
+    def log_tails(self) -> str:
+        return "\n".join(
+            f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}"
+            for log in sorted(self.logs.glob("*.log"))
+        )
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.3)
+    return value
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def background(command: list[str], env: dict[str, str], log: Path, cwd: Path) -> Iterator[Any]:
+    """A process in its own group, killed with all its children on exit."""
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            command, env=env, cwd=cwd, stdout=output, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        yield process
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        with suppress(ProcessLookupError):  # flow run processes left behind
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def healthy(api_url: str, server: subprocess.Popen, log: Path) -> bool:
+    if server.poll() is not None:
+        raise AssertionError(f"prefect server exited {server.returncode}:\n{log.read_text()}")
+    try:
+        return httpx.get(f"{api_url}/health", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def run_command(command: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    completed = subprocess.run(
+        command, env=env, cwd=cwd, capture_output=True, text=True, timeout=240
+    )
+    assert completed.returncode == 0, f"{command} failed:\n{completed.stdout}\n{completed.stderr}"
+    return completed
+
+
+def aimed_at(fake: Any, definition: MethodDefinition) -> MethodDefinition:
+    """A preset aimed at the fake provider, polling fast."""
+    method = retarget(definition, fake.api_url).model_copy(deep=True)
+    method.adapter_config.polling = method.adapter_config.polling.model_copy(update=FAST_POLLING)
+    return method
+
+
+async def create_process_pool(name: str) -> None:
+    template = ProcessWorker.get_default_base_job_template()
+    async with get_client() as client:
+        await client.create_work_pool(
+            WorkPoolCreate(name=name, type="process", base_job_template=template)
+        )
+
+
+@pytest.fixture(scope="module")
+def stack(fake, tmp_path_factory) -> Iterator[Stack]:
+    """Server, pool, saved presets, deployments (both ways) and a worker."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    work = tmp_path_factory.mktemp("worker-cwd")
+    api_url = f"http://127.0.0.1:{free_port()}/api"
+    provider_keys = {variable: fake.api_keys[key] for key, _, variable in PRESETS.values()}
+    env = {
+        **os.environ,
+        **provider_keys,
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": api_url,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    server_env = {
+        **env,
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
+        "PREFECT_UI_ENABLED": "false",
+    }
+    port = urlsplit(api_url).port
+    with ExitStack() as running:
+        server = running.enter_context(
+            background(
+                [
+                    str(BIN / "prefect"),
+                    "server",
+                    "start",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ],
+                server_env,
+                home / "server.log",
+                home,
+            )
+        )
+        wait_for(
+            lambda: healthy(api_url, server, home / "server.log"), SERVER_START_SECONDS, "server"
+        )
+        running.enter_context(temporary_settings(updates={PREFECT_API_URL: api_url}))
+        run_coro_as_sync(create_process_pool(POOL))
+        presets = [aimed_at(fake, definition) for definition in PRESET_DEFINITIONS]
+        run_coro_as_sync(register_definitions(presets))
+        worker_env = {**env, "PREFECT_WORKER_QUERY_SECONDS": "1"}
+        running.enter_context(
+            background(
+                [str(BIN / "prefect"), "worker", "start", "--pool", POOL],
+                worker_env,
+                home / "worker.log",
+                work,
+            )
+        )
+        deployed = run_command(
+            [str(BIN / "toolflows"), "deploy", "--pool", POOL, "--name-prefix", "ci-"], env, work
+        )
+        run_command([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], env, PROJECT)
+        yield Stack(api_url, home, json.loads(deployed.stdout))
+
+
+async def read_flow_run(flow_run_id: Any) -> FlowRun:
+    async with get_client() as client:
+        return await client.read_flow_run(flow_run_id)
+
+
+RUNS = {
+    # deployment name → parameters: a method deployed by each tool, and the generic flow
+    "heygen.create_avatar_video_v2/ci-heygen-create-avatar-video-v2": PARAMS["heygen"],
+    "runway.image_to_video/runway-image-to-video": PARAMS["runway"],
+    "run_tool_method/run-tool-method": {
+        "method": "fal/kling_image_to_video",
+        "params": PARAMS["fal"],
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def finished_runs(stack) -> dict[str, FlowRun]:
+    """The runs of RUNS, started together by deployment name, once they are final."""
+    started = {
+        name: run_deployment(name, parameters=params, timeout=0) for name, params in RUNS.items()
+    }
+
+    def all_final() -> dict[str, FlowRun] | None:
+        runs = {name: run_coro_as_sync(read_flow_run(run.id)) for name, run in started.items()}
+        return runs if all(run.state and run.state.is_final() for run in runs.values()) else None
+
+    try:
+        return wait_for(all_final, RUN_SECONDS, "the runs to finish")
+    except AssertionError as timeout:
+        raise AssertionError(f"{timeout}\n{stack.log_tails()}") from None
+
+
+def test_toolflows_deploy_creates_a_deployment_per_method_on_the_pool(stack):
+    summary = stack.toolflows_deploy
+
+    expected = {f"{d.inventory_key}.{d.name}/ci-{d.slug}" for d in PRESET_DEFINITIONS}
+    assert summary["status"] == "success"
+    assert set(summary["deployments"]) == expected | {"run_tool_method/ci-run-tool-method"}
+    for name in summary["deployments"]:
+        deployment = run_coro_as_sync(read_deployment(name))
+        assert deployment.work_pool_name == POOL
+        assert deployment.entrypoint.startswith(("deployments.method_flows.", "flows.engine."))
+
+
+def test_prefect_deploy_all_creates_the_prefect_yaml_deployments(stack):
+    config = yaml.safe_load((PROJECT / "prefect.yaml").read_text())
+
+    for entry in config["deployments"]:
+        deployment = run_coro_as_sync(read_deployment_named(entry["name"]))
+        assert deployment.entrypoint == entry["entrypoint"]
+        assert deployment.work_pool_name == POOL
+        assert deployment.pull_steps == []
+        schedules = entry["schedules"]
+        assert [s.active for s in deployment.schedules] == [s["active"] for s in schedules]
+        assert [s.parameters for s in deployment.schedules] == [s["parameters"] for s in schedules]
+
+
+def test_runs_on_the_worker_complete_and_store_the_bytes_the_provider_served(finished_runs, fake):
+    for name, flow_run in finished_runs.items():
+        assert flow_run.state.is_completed(), f"{name}: {flow_run.state.message}"
+        result = run_coro_as_sync(flow_run.state.aresult())
+        job = fake.job(result.task_id)
+        stored = result.files[0]
+        assert stored.sha256 == fake.expected_sha256(job.id), name
+        assert hashlib.sha256(local_path(stored.uri).read_bytes()).hexdigest() == stored.sha256
+        assert job.input == sent_params(name), name
+
+
+def test_a_run_publishes_its_file_artifacts_and_the_completed_event(finished_runs, stack, fake):
+    flow_run = finished_runs["heygen.create_avatar_video_v2/ci-heygen-create-avatar-video-v2"]
+    result = run_coro_as_sync(flow_run.state.aresult())
+    stored = result.files[0]
+
+    artifacts = run_coro_as_sync(read_artifacts(flow_run.id))
+    event = wait_for(lambda: completed_event(stack.api_url, flow_run.id), 60, "the event")
+
+    assert any(stored.uri in str(artifact.data) for artifact in artifacts)
+    summary = [a for a in artifacts if a.key == "toolflows-heygen-create-avatar-video-v2"]
+    assert len(summary) == 1
+    assert result.task_id in summary[0].data
+    assert event["payload"]["method"] == "heygen/create_avatar_video_v2"
+    assert event["payload"]["taskId"] == result.task_id
+    assert event["payload"]["files"][0]["uri"] == stored.uri
+    assert event["payload"]["files"][0]["sha256"] == fake.expected_sha256(result.task_id)
+
+
+def sent_params(deployment_name: str) -> dict[str, Any]:
+    parameters = RUNS[deployment_name]
+    return parameters["params"] if deployment_name.startswith("run_tool_method/") else parameters
+
+
+def local_path(uri: str) -> Path:
+    assert uri.startswith("file://"), uri
+    return Path(unquote(urlsplit(uri).path))
+
+
+async def read_deployment(name: str) -> Any:
+    async with get_client() as client:
+        return await client.read_deployment_by_name(name)
+
+
+async def read_deployment_named(name: str) -> Any:
+    """A deployment by its own name alone (prefect.yaml names each one once)."""
+    async with get_client() as client:
+        deployments = await client.read_deployments(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[name]))
+        )
+    assert len(deployments) == 1, [d.name for d in deployments]
+    return deployments[0]
+
+
+async def read_artifacts(flow_run_id: Any) -> list[Any]:
+    async with get_client() as client:
+        return await client.read_artifacts(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+
+
+def completed_event(api_url: str, flow_run_id: Any) -> dict[str, Any] | None:
+    """The ``toolflows.job.completed`` event related to the flow run, once persisted."""
+    answer = httpx.post(
+        f"{api_url}/events/filter",
+        json={"filter": {"event": {"name": ["toolflows.job.completed"]}}, "limit": 50},
+        timeout=10,
+    )
+    answer.raise_for_status()
+    for event in answer.json()["events"]:
+        related = {resource["prefect.resource.id"] for resource in event["related"]}
+        if f"prefect.flow-run.{flow_run_id}" in related:
+            return event
+    return None
