@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: demo test lint bench
+.PHONY: demo test lint bench system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,9 +18,22 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/toolflows demo
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/ruff check flows blocks deployments tests bench
 	$(BIN)/python -m pytest
+
+# The browser test drives Debian's Chromium; the scale-out test runs PostgreSQL.
+system-deps:
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else \
+	    echo "missing system packages:$$missing (run: sudo apt-get install$$missing)"; exit 1; \
+	  fi; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check flows blocks deployments tests bench

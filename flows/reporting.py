@@ -117,8 +117,8 @@ async def publish_success(result: ToolResult, journal: JobJournal) -> None:
         await acreate_link_artifact(
             link=stored.uri,
             link_text=stored.filename,
-            description=f"{result.method} job {result.task_id}: {stored.mimetype}, "
-            f"{stored.size} bytes, sha256 {stored.sha256}",
+            description=f"{stored.filename}: {stored.mimetype}, {stored.size} bytes, from "
+            f"{result.method} job {result.task_id} (sha256 {stored.sha256})",
         )
     await acreate_markdown_artifact(
         markdown=_summary(journal, "success", result=result),

@@ -156,7 +156,7 @@ def stack(fake, tmp_path_factory) -> Iterator[Stack]:
     server_env = {
         **env,
         "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
-        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "true",  # the browser test looks at it
     }
     port = urlsplit(api_url).port
     with ExitStack() as running:
@@ -331,3 +331,103 @@ def completed_event(api_url: str, flow_run_id: Any) -> dict[str, Any] | None:
         if f"prefect.flow-run.{flow_run_id}" in related:
             return event
     return None
+
+
+BROWSER_FLAGS = [
+    # No background traffic: this machine has no network but loopback.
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = PROJECT / "test-output" / "screenshots"
+
+
+@pytest.fixture(scope="module")
+def browser_page() -> Iterator[Any]:
+    """Debian's Chromium driven by Playwright (no browser download)."""
+    from playwright.sync_api import sync_playwright
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium(), args=BROWSER_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
+def chromium() -> str:
+    for candidate in ("/usr/bin/chromium", "/usr/bin/chromium-browser"):
+        if Path(candidate).exists():
+            return candidate
+    raise AssertionError(
+        "Chromium is not installed: `apt-get install -y chromium` (make test does)"
+    )
+
+
+def visit(
+    page: Any, stack: Stack, path: str, shot: str, expect: str, tab: str | None = None
+) -> str:
+    """Open a UI page (and tab), wait for ``expect``, keep a screenshot; return the page text."""
+    ui = stack.api_url.removesuffix("/api")
+    page.goto(ui + path, wait_until="networkidle")
+    if tab:
+        page.get_by_role("tab", name=tab).or_(page.get_by_text(tab, exact=True)).first.click()
+    page.get_by_text(expect, exact=False).first.wait_for(timeout=30_000)
+    page.screenshot(path=str(SCREENSHOTS / f"{shot}.png"), full_page=True)
+    return page.inner_text("body")
+
+
+def test_the_ui_run_form_shows_the_methods_request_schema(stack, browser_page):
+    deployment = run_coro_as_sync(
+        read_deployment("fal.kling_image_to_video/fal-kling-image-to-video")
+    )
+    definition = next(d for d in PRESET_DEFINITIONS if d.name == "kling_image_to_video")
+
+    text = visit(
+        browser_page,
+        stack,
+        f"/deployments/deployment/{deployment.id}/run",
+        "run-form",
+        "Parameters",
+    )
+
+    fields = definition.request_schema["properties"]
+    required = set(definition.request_schema["required"])
+    for name in fields:
+        label = name if name in required else f"{name} (Optional)"
+        assert label in text, f"{label!r} missing from the run form"
+
+
+def test_the_ui_block_catalog_lists_the_tool_method_block(stack, browser_page):
+    text = visit(browser_page, stack, "/blocks/catalog", "block-catalog", "Tool Method")
+
+    assert "Tool Method" in text
+    assert "An asynchronous generation API method" in text
+
+
+def test_the_ui_shows_a_finished_runs_file_link_artifact(stack, finished_runs, browser_page):
+    flow_run = finished_runs["heygen.create_avatar_video_v2/ci-heygen-create-avatar-video-v2"]
+    stored = run_coro_as_sync(flow_run.state.aresult()).files[0]
+
+    text = visit(
+        browser_page,
+        stack,
+        f"/runs/flow-run/{flow_run.id}",
+        "flow-run-artifacts",
+        "toolflows-heygen-create-avatar-video-v2",
+        tab="Artifacts",
+    )
+
+    assert f"{stored.filename}: video/mp4" in text
+    browser_page.get_by_text(f"{stored.filename}: video/mp4").first.click()
+    link = browser_page.get_by_role("link", name=stored.filename).first
+    link.wait_for(timeout=30_000)
+    browser_page.screenshot(path=str(SCREENSHOTS / "link-artifact.png"), full_page=True)
+    assert link.get_attribute("href") == stored.uri
