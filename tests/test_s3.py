@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 from prefect.settings import PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK, temporary_settings
 from prefect.utilities.asyncutils import run_coro_as_sync
-from prefect_aws import AwsCredentials, S3Bucket
-from prefect_aws.client_parameters import AwsClientParameters
 
 from flows.fake_provider import Fault
 from flows.storage import S3_PART_BYTES
 from tests.helpers import PARAMS, fake_method, run
+from tests.prefect_stack import moto_s3, save_s3_bucket
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -27,56 +21,17 @@ BUCKET = "toolflows-media"
 BLOCK = "s3-bucket/toolflows-media"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
     """moto's standalone S3 server on a free loopback port."""
-    port = free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            httpx.get(endpoint, timeout=1)
-            break
-        except httpx.TransportError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                server.kill()
-                raise RuntimeError("moto_server did not start") from None
-            time.sleep(0.2)
-    try:
+    with moto_s3() as endpoint:
         yield endpoint
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
 
 
 @pytest.fixture(scope="module")
 def s3(s3_endpoint, prefect_api):
     """A bucket, and the S3Bucket block pointing at it (saved as ``toolflows-media``)."""
-    credentials = AwsCredentials(
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing-secret",
-        region_name="us-east-1",
-        aws_client_parameters=AwsClientParameters(endpoint_url=s3_endpoint),
-    )
-    client = credentials.get_s3_client()
-    client.create_bucket(Bucket=BUCKET)
-    run_coro_as_sync(
-        S3Bucket(bucket_name=BUCKET, credentials=credentials).asave(
-            BLOCK.split("/")[1], overwrite=True
-        )
-    )
-    return client
+    return save_s3_bucket(s3_endpoint, BUCKET, BLOCK.split("/")[1])
 
 
 def object_sha256(client, key: str) -> str:

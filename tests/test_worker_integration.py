@@ -14,13 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +25,6 @@ import httpx
 import pytest
 import yaml
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.filters import (
     DeploymentFilter,
     DeploymentFilterName,
@@ -41,20 +35,27 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.utilities.asyncutils import run_coro_as_sync
-from prefect.workers.process import ProcessWorker
 
 from deployments.registry import preset_files, register_definitions
-from flows.core.definition import MethodDefinition
-from flows.demo import retarget
 from flows.methods import read_definition_file
-from tests.helpers import FAST_POLLING, PARAMS, PRESETS
+from tests.helpers import PARAMS, PRESETS
+from tests.prefect_stack import (
+    BIN,
+    PROJECT,
+    SERVER_START_SECONDS,
+    aimed_at,
+    background,
+    create_process_pool,
+    free_port,
+    healthy,
+    read_flow_run,
+    run_command,
+    wait_for,
+)
 
-PROJECT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 POOL = "toolflows"  # the work pool prefect.yaml names
 PRESET_DEFINITIONS = [d for file in preset_files() for d in read_definition_file(file)]
-# Generous: a loaded 2-core machine starts a server in ~30 s and a flow run process in ~10 s.
-SERVER_START_SECONDS = 120
+# Generous: a loaded 2-core machine starts a flow run process in ~10 s.
 RUN_SECONDS = 150
 
 
@@ -68,74 +69,6 @@ class Stack:
         return "\n".join(
             f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}"
             for log in sorted(self.logs.glob("*.log"))
-        )
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.3)
-    return value
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextmanager
-def background(command: list[str], env: dict[str, str], log: Path, cwd: Path) -> Iterator[Any]:
-    """A process in its own group, killed with all its children on exit."""
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            command, env=env, cwd=cwd, stdout=output, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-    try:
-        yield process
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        with suppress(ProcessLookupError):  # flow run processes left behind
-            os.killpg(process.pid, signal.SIGKILL)
-
-
-def healthy(api_url: str, server: subprocess.Popen, log: Path) -> bool:
-    if server.poll() is not None:
-        raise AssertionError(f"prefect server exited {server.returncode}:\n{log.read_text()}")
-    try:
-        return httpx.get(f"{api_url}/health", timeout=5).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def run_command(command: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    completed = subprocess.run(
-        command, env=env, cwd=cwd, capture_output=True, text=True, timeout=240
-    )
-    assert completed.returncode == 0, f"{command} failed:\n{completed.stdout}\n{completed.stderr}"
-    return completed
-
-
-def aimed_at(fake: Any, definition: MethodDefinition) -> MethodDefinition:
-    """A preset aimed at the fake provider, polling fast."""
-    method = retarget(definition, fake.api_url).model_copy(deep=True)
-    method.adapter_config.polling = method.adapter_config.polling.model_copy(update=FAST_POLLING)
-    return method
-
-
-async def create_process_pool(name: str) -> None:
-    template = ProcessWorker.get_default_base_job_template()
-    async with get_client() as client:
-        await client.create_work_pool(
-            WorkPoolCreate(name=name, type="process", base_job_template=template)
         )
 
 
@@ -197,11 +130,6 @@ def stack(fake, tmp_path_factory) -> Iterator[Stack]:
         )
         run_command([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], env, PROJECT)
         yield Stack(api_url, home, json.loads(deployed.stdout))
-
-
-async def read_flow_run(flow_run_id: Any) -> FlowRun:
-    async with get_client() as client:
-        return await client.read_flow_run(flow_run_id)
 
 
 RUNS = {
