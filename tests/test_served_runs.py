@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,16 +20,9 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 from flows.core.errors import ErrorCode, ToolflowsError
 from flows.engine import run_tool_method
 from tests.helpers import PARAMS, fake_method
+from tests.prefect_stack import wait_for
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
-
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def test_a_flow_run_timeout_cancels_the_remote_job(fresh_fake):
@@ -137,14 +129,14 @@ def test_a_crashed_run_rerun_resumes_the_same_job_without_a_second_submit(
         )
         wait_for(lambda: status_checks(fresh_fake) >= 1, 90, "the first status check")
         os.kill(flow_run_process(runner_pid), signal.SIGKILL)
-        wait_for(lambda: read_flow_run(flow_run.id).state_type.value == "CRASHED", 60, "a crash")
+        wait_for(lambda: read_flow_run(flow_run.id).state_type.value == "CRASHED", 120, "a crash")
 
         async def rerun() -> None:  # what the UI's "Retry" does
             async with get_client() as client:
                 await client.set_flow_run_state(flow_run.id, Scheduled(), force=True)
 
         run_coro_as_sync(rerun())
-        wait_for(lambda: read_flow_run(flow_run.id).state_type.value == "COMPLETED", 90, "done")
+        wait_for(lambda: read_flow_run(flow_run.id).state_type.value == "COMPLETED", 180, "done")
 
     assert fresh_fake.submits("heygen") == 1
     job = fresh_fake.jobs("heygen")[0]
