@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from prefect.utilities.asyncutils import run_coro_as_sync
+from pydantic.alias_generators import to_camel
 
 from deployments.registry import load_preset
 from flows.core.definition import MethodDefinition
@@ -57,6 +58,20 @@ def fake_method(fake: Any, provider: str, **polling: Any) -> MethodDefinition:
         update={**FAST_POLLING, **polling}
     )
     return method
+
+
+def generic_definition(fake: Any, endpoint: str, **polling: Any) -> dict[str, Any]:
+    """A definition as a user would write it from the SPEC, for one of the fake's generic APIs."""
+    os.environ["GENERIC_API_KEY"] = fake.api_keys["generic"]
+    return {
+        "inventoryKey": "acme",
+        "name": endpoint.strip("/").replace("/", "_").replace(":", "_"),
+        "endpoint": fake.api_url + endpoint,
+        "adapterConfig": {
+            "headers": {"Authorization": "Bearer ${GENERIC_API_KEY}"},
+            "polling": {**{to_camel(key): value for key, value in FAST_POLLING.items()}, **polling},
+        },
+    }
 
 
 def run(

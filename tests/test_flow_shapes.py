@@ -3,35 +3,15 @@ of SPEC §4: result requests, binary bodies, 202-as-pending, operations, downloa
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from flows.core.errors import ErrorCode, ToolflowsError
 from flows.fake_provider import Fault
-from tests.helpers import FAST_POLLING, PARAMS, fake_method, run
+from tests.helpers import PARAMS, fake_method, generic_definition, run
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
-
-def generic(fake, endpoint: str, **polling) -> dict:
-    """A definition as a user would write it from the SPEC, for the fake's generic API."""
-    os.environ["GENERIC_API_KEY"] = fake.api_keys["generic"]
-    return {
-        "inventoryKey": "acme",
-        "name": endpoint.strip("/").replace("/", "_").replace(":", "_"),
-        "endpoint": fake.api_url + endpoint,
-        "adapterConfig": {
-            "headers": {"Authorization": "Bearer ${GENERIC_API_KEY}"},
-            "polling": {**_camel(FAST_POLLING), **polling},
-        },
-    }
-
-
-def _camel(settings: dict) -> dict:
-    from pydantic.alias_generators import to_camel
-
-    return {to_camel(key): value for key, value in settings.items()}
+VEO_ENDPOINT = "/v1beta/models/veo:predictLongRunning"
 
 
 def status_checks(fake, prefix: str) -> int:
@@ -40,7 +20,9 @@ def status_checks(fake, prefix: str) -> int:
 
 def test_operation_style_api(fresh_fake):
     fresh_fake.script("operation")
-    method = generic(fresh_fake, "/v1beta/models/veo:predictLongRunning", statusUrl="/v1beta/{id}")
+    method = generic_definition(
+        fresh_fake, "/v1beta/models/veo:predictLongRunning", statusUrl="/v1beta/{id}"
+    )
 
     result = run(method, {"instances": [{"prompt": "a cat"}]})
 
@@ -52,7 +34,9 @@ def test_operation_style_api(fresh_fake):
 
 def test_operation_style_failure_reports_the_error_message(fresh_fake):
     fresh_fake.script("operation", outcome="failure", failure_reason="prompt blocked")
-    method = generic(fresh_fake, "/v1beta/models/veo:predictLongRunning", statusUrl="/v1beta/{id}")
+    method = generic_definition(
+        fresh_fake, "/v1beta/models/veo:predictLongRunning", statusUrl="/v1beta/{id}"
+    )
 
     with pytest.raises(ToolflowsError) as raised:
         run(method, {"instances": [{"prompt": "a cat"}]})
@@ -63,7 +47,7 @@ def test_operation_style_failure_reports_the_error_message(fresh_fake):
 
 def test_openai_style_result_request_returns_the_file(fresh_fake):
     fresh_fake.script("openai", file_size=100_000)
-    method = generic(
+    method = generic_definition(
         fresh_fake, "/v1/videos", statusUrl="/v1/videos/{id}", resultUrl="/v1/videos/{id}/content"
     )
 
@@ -77,7 +61,7 @@ def test_openai_style_result_request_returns_the_file(fresh_fake):
 
 def test_synchronous_binary_answer_is_the_output(fresh_fake):
     fresh_fake.script("openai", kind="audio", file_size=20_000)
-    method = generic(fresh_fake, "/v1/audio/speech")
+    method = generic_definition(fresh_fake, "/v1/audio/speech")
 
     result = run(method, {"model": "tts-1", "input": "hello", "voice": "alloy"})
 
@@ -88,7 +72,7 @@ def test_synchronous_binary_answer_is_the_output(fresh_fake):
 
 def test_202_while_running_then_the_result(fresh_fake):
     fresh_fake.script("jobs", polls_until_done=3, content_type="")
-    method = generic(fresh_fake, "/v2/jobs", statusUrl="/v2/jobs/{id}")
+    method = generic_definition(fresh_fake, "/v2/jobs", statusUrl="/v2/jobs/{id}")
 
     result = run(method, {"prompt": "a cat"})
 
@@ -218,7 +202,7 @@ def test_a_4xx_status_fails_fast_with_http_error(fresh_fake):
 
 
 def test_a_submit_without_job_id_names_the_keys(fresh_fake):
-    method = generic(fresh_fake, "/v1/videos", taskIdPath="job.ref")
+    method = generic_definition(fresh_fake, "/v1/videos", taskIdPath="job.ref")
 
     with pytest.raises(ToolflowsError) as raised:
         run(method, {"model": "sora-2", "prompt": "a cat"})

@@ -41,7 +41,7 @@ from flows.core.redact import Redactor
 from flows.engine import run_tool_method
 from flows.fake_provider import FakeProvider, Fault
 from flows.http import Credentials, ProviderSession, provider_session
-from tests.helpers import FAST_POLLING, PARAMS, fake_method, run
+from tests.helpers import PARAMS, fake_method, generic_definition, run
 
 CONFIGURED_HEADERS = {
     "Authorization": "Bearer k-configured-authorization",
@@ -355,25 +355,6 @@ def test_a_redirect_to_a_private_host_needs_the_opt_in(fresh_fake, wire):
 
 
 # -- end to end: no provider leaks ---------------------------------------------------------
-
-
-def generic_definition(fake: FakeProvider, endpoint: str, **polling: Any) -> dict[str, Any]:
-    """A definition written from the SPEC for one of the fake's generic APIs."""
-    os.environ["GENERIC_API_KEY"] = fake.api_keys["generic"]
-    return {
-        "inventoryKey": "acme",
-        "name": endpoint.strip("/").replace("/", "_").replace(":", "_"),
-        "endpoint": fake.api_url + endpoint,
-        "adapterConfig": {
-            "headers": {"Authorization": "Bearer ${GENERIC_API_KEY}"},
-            "polling": {
-                "intervalSeconds": FAST_POLLING["interval_seconds"],
-                "maxIntervalSeconds": FAST_POLLING["max_interval_seconds"],
-                "maxWaitSeconds": FAST_POLLING["max_wait_seconds"],
-                **polling,
-            },
-        },
-    }
 
 
 @pytest.mark.usefixtures("prefect_api")

@@ -12,8 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from flows.core.definition import MethodDefinition
 from flows.core.errors import ErrorCode, ToolflowsError
 from flows.methods import read_definition_file, validate_params
 from tests.helpers import FAST_POLLING, PARAMS, fake_method
+from tests.prefect_stack import wait_for
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -52,15 +52,6 @@ ODD_NAMES_SCHEMA = {
     },
     "$defs": {"Options": {"type": "object", "properties": {"loud": {"type": "boolean"}}}},
 }
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.2)
-    return value
 
 
 def save(*definitions: MethodDefinition) -> None:
