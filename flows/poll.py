@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 import httpx
 from prefect import Task, task
+from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
 from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
@@ -139,6 +140,8 @@ def _pace(method: MethodDefinition, job: SubmittedJob) -> _Pace:
 
 @task(
     name="Check job status",
+    # Each check is new; a cache key per attempt would only cost hashing the inputs.
+    cache_policy=NO_CACHE,
     description="One status request; retried on the backoff schedule until the job ends.",
 )
 async def check_status(method: MethodDefinition, job: SubmittedJob) -> tuple[JobStatus, Answer]:
@@ -170,6 +173,7 @@ async def check_status(method: MethodDefinition, job: SubmittedJob) -> tuple[Job
 
 @task(
     name="Fetch job result",
+    cache_policy=NO_CACHE,
     description="The result request after success (resultUrl, or FAL's response_url).",
 )
 async def fetch_result(method: MethodDefinition, job: SubmittedJob, url: str) -> Answer:
