@@ -120,18 +120,12 @@ async def publish_success(result: ToolResult, journal: JobJournal) -> None:
             description=f"{stored.filename}: {stored.mimetype}, {stored.size} bytes, from "
             f"{result.method} job {result.task_id} (sha256 {stored.sha256})",
         )
-    await acreate_markdown_artifact(
-        markdown=_summary(journal, "success", result=result),
-        key=_artifact_key(journal.method),
+    await _publish_outcome(
+        journal,
+        summary=_summary(journal, "success", result=result),
         description=f"{result.method} job {result.task_id}",
-    )
-    emit_event(
         event=COMPLETED_EVENT,
-        resource=_job_resource(journal),
-        related=[_method_resource(journal.method)],
-        payload={
-            "method": result.method,
-            "taskId": result.task_id,
+        details={
             "files": [
                 {
                     "uri": stored.uri,
@@ -150,19 +144,30 @@ async def publish_success(result: ToolResult, journal: JobJournal) -> None:
 
 async def publish_failure(error: ToolflowsError, journal: JobJournal) -> None:
     """The job summary and the failed event (the message is already redacted)."""
-    await acreate_markdown_artifact(
-        markdown=_summary(journal, "error", error=error),
-        key=_artifact_key(journal.method),
+    await _publish_outcome(
+        journal,
+        summary=_summary(journal, "error", error=error),
         description=f"{journal.method.qualified_name} job {journal.task_id}: {error.code}",
+        event=FAILED_EVENT,
+        details={"error": error.to_dict()},
+    )
+
+
+async def _publish_outcome(
+    journal: JobJournal, *, summary: str, description: str, event: str, details: dict[str, Any]
+) -> None:
+    """The job's summary artifact and its outcome event, the same shape either way."""
+    await acreate_markdown_artifact(
+        markdown=summary, key=_artifact_key(journal.method), description=description
     )
     emit_event(
-        event=FAILED_EVENT,
+        event=event,
         resource=_job_resource(journal),
         related=[_method_resource(journal.method)],
         payload={
             "method": journal.method.qualified_name,
             "taskId": journal.task_id,
-            "error": error.to_dict(),
+            **details,
         },
     )
 

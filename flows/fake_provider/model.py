@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -10,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from flows.fake_provider.content import FakeFile
+from flows.fake_provider.http import Request
 
 FaultKind = Literal["http", "reset", "drop_after_accept", "delay", "cut", "expired"]
 Outcome = Literal["success", "failure", "cancelled"]
@@ -105,19 +105,10 @@ class Behaviour:
 
 
 @dataclass(frozen=True)
-class RecordedRequest:
-    """A request as the server saw it; header names are lower-case."""
+class RecordedRequest(Request):
+    """A request as the server saw it, and which origin saw it; header names are lower-case."""
 
-    origin: Literal["api", "cdn"]
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    body: bytes
-    time: float
-
-    def json(self) -> Any:
-        return json.loads(self.body)
+    origin: Literal["api", "cdn"] = "api"
 
 
 @dataclass

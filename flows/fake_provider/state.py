@@ -112,15 +112,7 @@ class State:
     # -- recording ----------------------------------------------------------------------
 
     def record(self, origin: Literal["api", "cdn"], request: Request) -> None:
-        entry = RecordedRequest(
-            origin,
-            request.method,
-            request.path,
-            request.query,
-            request.headers,
-            request.body,
-            request.time,
-        )
+        entry = RecordedRequest(**vars(request), origin=origin)
         with self.lock:
             self.recorded.append(entry)
 
