@@ -117,25 +117,6 @@ def _curl(url: str, target: Path, repeats: int) -> dict[str, Any]:
     return {"throughput": sizes[0] / wall, "wall": wall, "walls": walls, "max_rss": max(rss)}
 
 
-def _save_s3_block(s3_endpoint: str) -> Any:
-    """A bucket on moto and the ``S3Bucket`` block pointing at it; returns the S3 client."""
-    from prefect.utilities.asyncutils import run_coro_as_sync
-    from prefect_aws import AwsCredentials, S3Bucket
-    from prefect_aws.client_parameters import AwsClientParameters
-
-    credentials = AwsCredentials(
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing-secret",
-        region_name="us-east-1",
-        aws_client_parameters=AwsClientParameters(endpoint_url=s3_endpoint),
-    )
-    client = credentials.get_s3_client()
-    client.create_bucket(Bucket=BUCKET)
-    bucket = S3Bucket(bucket_name=BUCKET, credentials=credentials)
-    run_coro_as_sync(bucket.asave(BLOCK_NAME, overwrite=True))
-    return client
-
-
 def measure(size: int, s3_endpoint: str, context_runs: bool) -> dict[str, Any]:
     """Worker side: a warm-up run, then one big run into each storage, then bare S3."""
     from prefect.utilities.asyncutils import run_coro_as_sync
@@ -143,9 +124,10 @@ def measure(size: int, s3_endpoint: str, context_runs: bool) -> dict[str, Any]:
     from bench.fakectl import FakeClient
     from bench.methods import LogWatch, method_at_fake
     from flows.engine import run_tool_method
+    from tests.prefect_stack import save_s3_bucket
 
     fake = FakeClient.from_env()
-    s3 = _save_s3_block(s3_endpoint)
+    s3 = save_s3_bucket(s3_endpoint, BUCKET, BLOCK_NAME)
     storages = {"local": None, "s3": f"s3-bucket/{BLOCK_NAME}"}
     watch = LogWatch("prefect.task_runs", "Downloaded %d bytes as %s")
 
