@@ -137,10 +137,12 @@ def test_a_crashed_run_rerun_resumes_the_same_job_without_a_second_submit(
 
         run_coro_as_sync(rerun())
         wait_for(lambda: read_flow_run(flow_run.id).state_type.value == "COMPLETED", 180, "done")
+        # Read the result while the runner is up: a runner shutting down marks the runs
+        # it still tracks (a process still exiting) as cancelled.
+        result = run_coro_as_sync(read_flow_run_result(flow_run.id))
 
     assert fresh_fake.submits("heygen") == 1
     job = fresh_fake.jobs("heygen")[0]
-    result = run_coro_as_sync(read_flow_run_result(flow_run.id))
     assert result.task_id == job.id
     assert result.files[0].sha256 == fresh_fake.expected_sha256(job.id)
 
