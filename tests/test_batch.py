@@ -106,7 +106,9 @@ def test_a_concurrency_limit_caps_the_jobs_running_at_the_provider(fresh_fake):
 
     assert len(result.succeeded) == 5
     assert fresh_fake.submits("runway") == 5  # the same params five times: five jobs
-    assert most_jobs_running_at_once(fresh_fake, "runway") == 2
+    # Without the limit all five run at once. (Exactly 2 is not guaranteed: on a
+    # loaded machine Prefect may grant the second slot only after the first job.)
+    assert most_jobs_running_at_once(fresh_fake, "runway") <= 2
 
 
 def test_an_unknown_concurrency_limit_fails_before_the_submit(fresh_fake):
