@@ -35,7 +35,7 @@ from bench.procstat import RssSampler, tree_cpu_seconds
 
 FILE_SIZE = 64 * 1024
 JITTER = 0.1
-MAX_CONNECTIONS = 100  # what toolflows' pooled client allows (flows/http.py)
+MAX_CONNECTIONS = 64  # what toolflows' pooled client allows (flows/http.py)
 # httpcore scans every pooled connection for each request it places: with 100
 # connections that scan dominates the bare poller's CPU. A small pool shows it.
 SMALL_POOL = 10

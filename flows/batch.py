@@ -2,15 +2,17 @@
 
 Every params set is validated before the first submit; then each job runs as
 a coroutine on the flow's event loop (no process or thread per job), all
-sharing the run's provider session. ``maxConcurrency`` bounds the jobs in
-flight inside this run; the method's ``concurrencyLimit`` bounds them across
-all runs. One job's failure does not lose the others: each comes back as a
-result or as an error document.
+sharing the run's provider session; their status checks are made together,
+in rounds (``flows.rounds``). ``maxConcurrency`` bounds the jobs in flight
+inside this run; the method's ``concurrencyLimit`` bounds them across all
+runs. One job's failure does not lose the others: each comes back as a result
+or as an error document.
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 from prefect import flow
@@ -18,8 +20,27 @@ from prefect.logging import get_run_logger
 
 from flows.core.errors import ToolflowsError
 from flows.engine import run_job
-from flows.methods import load_method, prepare_method, session_for, validate_params
+from flows.methods import load_method, params_checker, prepare_method, session_for
 from flows.models import BatchResult, ErrorResult, ToolResult
+from flows.reporting import publish_batch
+from flows.rounds import StatusRounds, status_rounds
+
+# Submits sent at once: enough to keep a provider busy, few enough that the
+# first jobs are submitted (and checked) while the rest wait their turn.
+SUBMITS_IN_FLIGHT = 16
+# Jobs downloading at once. With the submits and a round's checks this keeps
+# the requests in flight within the session's pool (``flows.http``), so none
+# waits for a connection with a timeout running.
+DOWNLOADS_IN_FLIGHT = 8
+
+
+@dataclass(frozen=True)
+class JobGroup:
+    """What the jobs of one batch share, so that a thousand of them stay cheap."""
+
+    rounds: StatusRounds
+    submits: asyncio.Semaphore
+    downloads: asyncio.Semaphore
 
 
 @flow(
@@ -42,21 +63,30 @@ async def run_batch(
     """
     definition = await load_method(method)
     # Check every params set first: a bad one must not leave half a batch paid.
+    check_params = params_checker(definition)
     for params in params_list:
-        validate_params(definition, params)
+        check_params(params)
     prepared = await prepare_method(definition, None, submitting=False)
     gate = asyncio.Semaphore(max(1, max_concurrency))
 
-    async def one(index: int, params: dict[str, Any]) -> ToolResult | ErrorResult:
+    async def one(index: int, params: dict[str, Any], group: JobGroup) -> ToolResult | ErrorResult:
         async with gate:
             try:
-                return await run_job(definition, params, job_key=f"batch-{index}")
+                return await run_job(definition, params, job_key=f"batch-{index}", group=group)
             except ToolflowsError as error:
                 return ErrorResult(error=error.to_dict())
 
-    async with session_for(prepared):
-        results = await asyncio.gather(*(one(i, params) for i, params in enumerate(params_list)))
+    async with session_for(prepared), status_rounds(definition) as rounds:
+        group = JobGroup(
+            rounds=rounds,
+            submits=asyncio.Semaphore(SUBMITS_IN_FLIGHT),
+            downloads=asyncio.Semaphore(DOWNLOADS_IN_FLIGHT),
+        )
+        results = await asyncio.gather(
+            *(one(i, params, group) for i, params in enumerate(params_list))
+        )
     batch = BatchResult(results=list(results))
+    await publish_batch(definition, batch)
     get_run_logger().info(
         "Batch of %d: %d succeeded, %d failed",
         len(results),

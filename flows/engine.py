@@ -7,8 +7,9 @@ the rules it applies live in ``flows.core`` and the steps in their modules.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from prefect import flow
@@ -26,7 +27,11 @@ from flows.methods import PreparedMethod, load_method, prepare_method, session_f
 from flows.models import SubmittedJob, ToolResult
 from flows.poll import Answer, check_status, fetch_result, paced, raise_if_unsuccessful, status_of
 from flows.reporting import job_journal, publish_failure, publish_success
+from flows.rounds import StatusRounds
 from flows.submit import resumed_job, submit_job
+
+if TYPE_CHECKING:
+    from flows.batch import JobGroup
 
 # How long a cancelled or timed-out run may spend asking the provider to cancel.
 CANCEL_GRACE_SECONDS = 30
@@ -93,20 +98,25 @@ async def run_job(
     *,
     resume_task_id: str | None = None,
     job_key: str = "",
+    group: JobGroup | None = None,
 ) -> ToolResult:
     """One job, inside an open provider session (a batch runs many in one session).
 
-    ``job_key`` distinguishes jobs of one flow run that share their params.
+    ``job_key`` distinguishes jobs of one flow run that share their params. A
+    batch's jobs share a ``group``: their status checks are made in rounds,
+    their submits and downloads in flight are bounded.
     """
-    with job_journal(definition) as journal:
+    with job_journal(definition, artifacts=group is None) as journal:
         async with provider_slot(definition):
             if resume_task_id:
                 job = resumed_job(definition, resume_task_id, params)
             else:
-                job = await submit_job(definition, params, job_key)
+                async with group.submits if group else contextlib.nullcontext():
+                    job = await submit_job(definition, params, job_key)
             journal.task_id = job.task_id
+            rounds = group.rounds if group else None
             try:
-                answer, last_payload = await _wait_for(definition, job, params)
+                answer, last_payload = await _wait_for(definition, job, params, rounds)
             except ToolflowsError as error:
                 error.with_task_id(job.task_id)
                 if (
@@ -123,7 +133,8 @@ async def run_job(
                 raise
         # The provider's job is over: its slot is free while the files download.
         try:
-            result = await _store_outputs(definition, job, answer, last_payload)
+            async with group.downloads if group else contextlib.nullcontext():
+                result = await _store_outputs(definition, job, answer, last_payload)
         except ToolflowsError as error:
             await publish_failure(error.with_task_id(job.task_id), journal)
             raise
@@ -132,7 +143,10 @@ async def run_job(
 
 
 async def _wait_for(
-    definition: MethodDefinition, job: SubmittedJob, params: dict[str, Any]
+    definition: MethodDefinition,
+    job: SubmittedJob,
+    params: dict[str, Any],
+    rounds: StatusRounds | None,
 ) -> tuple[Answer, Any]:
     """Wait for the job to succeed; return the final answer and the last JSON payload."""
     polling = definition.adapter_config.polling
@@ -145,6 +159,8 @@ async def _wait_for(
             if job.task_id is not None or not find_outputs(answer.payload, polling.output_path):
                 raise _cannot_poll(definition, job)
             # A synchronous API: the submit answer already holds the outputs.
+        elif rounds is not None:
+            status, answer = await rounds.wait(job)
         else:
             status, answer = await paced(check_status, polling)(definition, job)
     raise_if_unsuccessful(status, job.task_id)

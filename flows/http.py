@@ -27,6 +27,9 @@ from flows.core.templates import resolve_link, substitute_env
 from flows.core.urls import may_receive_credentials, unsafe_url_reason
 
 CONNECT_TIMEOUT_SECONDS = 10.0
+# The run's pool. A batch keeps its requests in flight below it (``flows.batch``);
+# httpcore pays CPU per pooled connection for every request it places.
+MAX_CONNECTIONS = 32
 MAX_REDIRECTS = 10
 # A status or result document larger than this is not a status document: refuse
 # to parse it rather than hold an attacker-sized body in memory.
@@ -177,7 +180,9 @@ async def provider_session(
     """
     client = httpx.AsyncClient(
         timeout=httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT_SECONDS, timeout)),
-        limits=httpx.Limits(max_connections=100, max_keepalive_connections=100),
+        limits=httpx.Limits(
+            max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS
+        ),
         follow_redirects=False,
     )
     session = ProviderSession(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,27 +147,37 @@ async def prepare_method(
 
 def validate_params(definition: MethodDefinition, params: dict[str, Any] | None) -> None:
     """Params against ``requestSchema``: invalid params are never sent."""
-    if params is not None and not isinstance(params, dict):
-        raise ToolflowsError(ErrorCode.CONFIG_INVALID, "params must be a JSON object")
+    params_checker(definition)(params)
+
+
+def params_checker(definition: MethodDefinition) -> Callable[[dict[str, Any] | None], None]:
+    """The check of ``validate_params``, built once for the many params sets of a batch."""
     schema = definition.request_schema
-    if not schema:
-        return
-    try:
-        validator_class = jsonschema.validators.validator_for(schema)
-        validator_class.check_schema(schema)
-    except jsonschema.SchemaError as exc:
-        raise ToolflowsError(
-            ErrorCode.CONFIG_INVALID, f"requestSchema is not a valid JSON Schema: {exc.message}"
-        ) from None
-    errors = sorted(
-        validator_class(schema).iter_errors(params or {}), key=lambda error: list(error.path)
-    )
-    if errors:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error.path) or 'params'}: {error.message}"
-            for error in errors[:5]
-        )
-        raise ToolflowsError(ErrorCode.CONFIG_INVALID, f"invalid params: {problems}")
+    validator = None
+    if schema:
+        try:
+            validator_class = jsonschema.validators.validator_for(schema)
+            validator_class.check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            raise ToolflowsError(
+                ErrorCode.CONFIG_INVALID, f"requestSchema is not a valid JSON Schema: {exc.message}"
+            ) from None
+        validator = validator_class(schema)
+
+    def check(params: dict[str, Any] | None) -> None:
+        if params is not None and not isinstance(params, dict):
+            raise ToolflowsError(ErrorCode.CONFIG_INVALID, "params must be a JSON object")
+        if validator is None:
+            return
+        errors = sorted(validator.iter_errors(params or {}), key=lambda error: list(error.path))
+        if errors:
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in error.path) or 'params'}: {error.message}"
+                for error in errors[:5]
+            )
+            raise ToolflowsError(ErrorCode.CONFIG_INVALID, f"invalid params: {problems}")
+
+    return check
 
 
 def _placeholder_names(definition: MethodDefinition) -> set[str]:

@@ -4,12 +4,15 @@ One status check is one task attempt. A check that finds the job still running
 (or meets a rate limit, a 5xx or a broken connection) raises ``CheckAgain``
 carrying the next delay of our backoff schedule; the retry condition
 ``pace_next_check`` hands that delay to Prefect, which shows the task as
-AwaitingRetry until then. Anything else (4xx, a failed job) fails fast.
+AwaitingRetry until then. Anything else (4xx, a failed job) fails fast. The
+jobs of a batch share their checks' task attempts instead (``flows.rounds``);
+what a check does and means is ``check_once`` either way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -43,7 +46,7 @@ from flows.http import (
     read_capped,
 )
 from flows.models import StoredFile, SubmittedJob
-from flows.reporting import report_status
+from flows.reporting import JobJournal, current_journal, report_status
 
 ERROR_BODY_BYTES = 64 * 1024
 JSON_BODY_BYTES = 16 * 1024 * 1024
@@ -99,7 +102,7 @@ def paced(step: Task[..., Any], polling: PollingConfig) -> Task[..., Any]:
 
 
 @dataclass(frozen=True)
-class _Pace:
+class Pace:
     """Where one attempt stands against the schedule and the deadline."""
 
     schedule: PollSchedule
@@ -127,15 +130,21 @@ class _Pace:
         raise CheckAgain(reason, delay)
 
 
-def _pace(method: MethodDefinition, job: SubmittedJob) -> _Pace:
+def pace_of(method: MethodDefinition, job: SubmittedJob, attempt: int) -> Pace:
+    """Check number ``attempt`` of ``job`` against its method's schedule."""
     polling = method.adapter_config.polling
-    context = TaskRunContext.get()
-    return _Pace(
+    return Pace(
         schedule=schedule_of(polling),
         deadline=job.submitted_at + polling.max_wait_seconds,
-        attempt=context.task_run.run_count if context else 1,
+        attempt=attempt,
         task_id=job.task_id,
     )
+
+
+def _pace(method: MethodDefinition, job: SubmittedJob) -> Pace:
+    """The pace of this task attempt: its run count is the check's number."""
+    context = TaskRunContext.get()
+    return pace_of(method, job, context.task_run.run_count if context else 1)
 
 
 @task(
@@ -151,10 +160,28 @@ async def check_status(method: MethodDefinition, job: SubmittedJob) -> tuple[Job
         # The first check, like every later one, waits its delay after the submit.
         first_check_at = job.submitted_at + pace.schedule.base_delay(1)
         await asyncio.sleep(max(0.0, min(first_check_at, pace.deadline) - time.time()))
+    return await check_once(method, job, pace, current_journal())
+
+
+async def check_once(
+    method: MethodDefinition,
+    job: SubmittedJob,
+    pace: Pace,
+    journal: JobJournal | None,
+    *,
+    in_batch: bool = False,
+) -> tuple[JobStatus, Answer]:
+    """One status request and what it means; ``CheckAgain`` while the job is pending.
+
+    A job checked alone logs every check (``Polling n/N``, ``Task … status``).
+    A batch's jobs log the status only when it changes, and the request at
+    DEBUG: a thousand jobs' checks would drown the run's log (and its server).
+    """
     session = current_session()
     logger = get_run_logger()
     status_url = job.status_url or ""
-    logger.info(
+    logger.log(
+        logging.DEBUG if in_batch else logging.INFO,
         "Polling %d/%d: %s",
         pace.attempt,
         pace.schedule.planned_polls(),
@@ -162,12 +189,14 @@ async def check_status(method: MethodDefinition, job: SubmittedJob) -> tuple[Job
     )
     answer = await fetch_answer(method, job, status_url, what="status check", pace=pace)
     status = status_of(answer, method.adapter_config.polling)
-    logger.info("Task %s status: %s", job.task_id, status.value or status.state.value)
-    await report_status(status, find_progress(answer.payload))
+    label = status.value or status.state.value
+    if not in_batch or journal is None or journal.last_status != label:
+        logger.info("Task %s status: %s", job.task_id, label)
+    await report_status(journal, status, find_progress(answer.payload))
     if status.state is JobState.PENDING:
         pace.check_again(f"status {status.value or 'pending'}", last_status=status.value)
     raise_if_unsuccessful(status, job.task_id)
-    show_status(job.task_id, status.value or status.state.value)
+    show_status(job.task_id, label)
     return status, answer
 
 
@@ -221,7 +250,7 @@ def raise_if_unsuccessful(status: JobStatus, task_id: str | None) -> None:
 
 
 async def fetch_answer(
-    method: MethodDefinition, job: SubmittedJob, url: str, *, what: str, pace: _Pace
+    method: MethodDefinition, job: SubmittedJob, url: str, *, what: str, pace: Pace
 ) -> Answer:
     """GET a status/result URL: JSON, or a file body stored; transient trouble checks again."""
     session = current_session()

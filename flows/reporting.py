@@ -3,8 +3,11 @@
 Each job keeps a ``JobJournal`` (status history, checks made, progress) while
 it runs; at the end the journal becomes a summary artifact, each stored file a
 link artifact, and the outcome a ``toolflows.job.completed`` / ``.failed``
-event that automations can chain on. None of them carries a secret: messages
-are already redacted and file URIs are storage references.
+event that automations can chain on. A batch shows one table (a row per job)
+instead of an artifact per job and per file: a thousand of those would cost
+the run as much as its status checks, and bury each other in the UI. None of
+them carries a secret: messages are already redacted and file URIs are
+storage references.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from prefect.artifacts import (
     acreate_link_artifact,
     acreate_markdown_artifact,
     acreate_progress_artifact,
+    acreate_table_artifact,
     aupdate_progress_artifact,
 )
 from prefect.events import emit_event
@@ -29,7 +33,7 @@ from prefect.events import emit_event
 from flows.core.definition import MethodDefinition
 from flows.core.detection import JobStatus, Progress
 from flows.core.errors import ToolflowsError
-from flows.models import ToolResult
+from flows.models import BatchResult, ToolResult
 
 COMPLETED_EVENT = "toolflows.job.completed"
 FAILED_EVENT = "toolflows.job.failed"
@@ -51,10 +55,16 @@ class JobJournal:
     started_at: float = field(default_factory=time.time)
     history: list[StatusEntry] = field(default_factory=list)
     progress_artifact: UUID | None = None
+    # A batch's jobs get one table for all of them instead (``publish_batch``).
+    artifacts: bool = True
 
     @property
     def checks(self) -> int:
         return len(self.history)
+
+    @property
+    def last_status(self) -> str | None:
+        return self.history[-1].status if self.history else None
 
     def record(self, status: JobStatus, progress: Progress | None) -> None:
         """Remember a status check (the summary folds consecutive repeats)."""
@@ -66,9 +76,9 @@ _current_journal: ContextVar[JobJournal | None] = ContextVar("toolflows_journal"
 
 
 @contextmanager
-def job_journal(method: MethodDefinition) -> Iterator[JobJournal]:
+def job_journal(method: MethodDefinition, *, artifacts: bool = True) -> Iterator[JobJournal]:
     """Open the journal of one job (each job of a batch has its own)."""
-    journal = JobJournal(method=method)
+    journal = JobJournal(method=method, artifacts=artifacts)
     token = _current_journal.set(journal)
     try:
         yield journal
@@ -80,13 +90,14 @@ def current_journal() -> JobJournal | None:
     return _current_journal.get()
 
 
-async def report_status(status: JobStatus, progress: Progress | None) -> None:
+async def report_status(
+    journal: JobJournal | None, status: JobStatus, progress: Progress | None
+) -> None:
     """Record a status check, and move the progress artifact when the provider reports some."""
-    journal = current_journal()
     if journal is None:
         return
     journal.record(status, progress)
-    if progress is None:
+    if progress is None or not journal.artifacts:
         return
     percent = 100 * progress.fraction if progress.fraction is not None else 0.0
     description = _progress_text(journal, status, progress)
@@ -113,7 +124,7 @@ async def publish_success(result: ToolResult, journal: JobJournal) -> None:
         await aupdate_progress_artifact(
             journal.progress_artifact, progress=100.0, description=f"{result.method}: done"
         )
-    for stored in result.files:
+    for stored in result.files if journal.artifacts else ():
         await acreate_link_artifact(
             link=stored.uri,
             link_text=stored.filename,
@@ -157,9 +168,10 @@ async def _publish_outcome(
     journal: JobJournal, *, summary: str, description: str, event: str, details: dict[str, Any]
 ) -> None:
     """The job's summary artifact and its outcome event, the same shape either way."""
-    await acreate_markdown_artifact(
-        markdown=summary, key=_artifact_key(journal.method), description=description
-    )
+    if journal.artifacts:
+        await acreate_markdown_artifact(
+            markdown=summary, key=_artifact_key(journal.method), description=description
+        )
     emit_event(
         event=event,
         resource=_job_resource(journal),
@@ -169,6 +181,37 @@ async def _publish_outcome(
             "taskId": journal.task_id,
             **details,
         },
+    )
+
+
+async def publish_batch(method: MethodDefinition, batch: BatchResult) -> None:
+    """One table for a batch's jobs, in the order of their params: a row per job."""
+    rows = []
+    for number, item in enumerate(batch.results, start=1):
+        row: dict[str, Any] = {"#": number}
+        if isinstance(item, ToolResult):
+            primary = item.files[0] if item.files else None
+            row |= {
+                "job id": item.task_id,
+                "outcome": "success",
+                "file": primary.uri if primary else "",
+                "size": primary.size if primary else "",
+                "error": "; ".join(f"{w.code}: {w.message}" for w in item.warnings),
+            }
+        else:
+            row |= {
+                "job id": item.error.get("taskId"),
+                "outcome": "error",
+                "file": "",
+                "size": "",
+                "error": f"{item.error.get('code')}: {item.error.get('message')}",
+            }
+        rows.append(row)
+    await acreate_table_artifact(
+        table=rows,
+        key=f"{_artifact_key(method)}-batch"[:100],
+        description=f"{method.qualified_name}: batch of {len(rows)}, "
+        f"{len(batch.succeeded)} succeeded",
     )
 
 

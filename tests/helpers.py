@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from prefect.utilities.asyncutils import run_coro_as_sync
 from pydantic.alias_generators import to_camel
 
@@ -83,3 +85,17 @@ def run(
     if isinstance(method, MethodDefinition):
         method = method.model_dump()
     return run_coro_as_sync(run_tool_method(method, params, **kwargs))
+
+
+def artifacts_of(flow_run_id: Any) -> list[Any]:
+    """The artifacts a flow run created, read back through the Prefect API."""
+
+    async def read() -> list[Any]:
+        async with get_client() as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])
+                )
+            )
+
+    return run_coro_as_sync(read())

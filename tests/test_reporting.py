@@ -7,31 +7,18 @@ import time
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from flows.core.errors import ToolflowsError
 from flows.engine import run_tool_method
-from tests.helpers import PARAMS, fake_method
+from tests.helpers import PARAMS, artifacts_of, fake_method
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
 def run_state(method, params):
     return run_coro_as_sync(run_tool_method(method.model_dump(), params, return_state=True))
-
-
-def artifacts_of(flow_run_id):
-    async def read():
-        async with get_client() as client:
-            return await client.read_artifacts(
-                artifact_filter=ArtifactFilter(
-                    flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])
-                )
-            )
-
-    return run_coro_as_sync(read())
 
 
 def events_named(name: str, resource_id: str, timeout: float = 20) -> list:

@@ -73,6 +73,7 @@ class Behaviour:
       single_output / data_uri_output (Replicate quirks), ranges (CDN honours Range).
     - *_faults: one fault per request of that kind, in order; submit_fault hits only the
       first submit after `script()`.
+    - submit_seconds: how long every submit takes to answer (a slow provider).
     """
 
     polls_until_done: int = 2
@@ -89,6 +90,7 @@ class Behaviour:
     ranges: bool = True
     status_faults: Sequence[Fault] = ()
     submit_fault: Fault | None = None
+    submit_seconds: float = 0.0
     download_faults: Sequence[Fault] = ()
     result_faults: Sequence[Fault] = ()
 

@@ -119,6 +119,7 @@ class Api:
         behaviour, fault = self.state.take_behaviour(self.name)
 
         async def produce() -> Reply:
+            await asyncio.sleep(behaviour.submit_seconds)
             return await answer(self.state.add_job(build(behaviour)))
 
         return await guarded(fault, self.error, produce)
