@@ -35,7 +35,7 @@ from bench.procstat import RssSampler, tree_cpu_seconds
 
 FILE_SIZE = 64 * 1024
 JITTER = 0.1
-MAX_CONNECTIONS = 64  # what toolflows' pooled client allows (flows/http.py)
+MAX_CONNECTIONS = 32  # what toolflows' pooled client allows (flows/http.py)
 # httpcore scans every pooled connection for each request it places: with 100
 # connections that scan dominates the bare poller's CPU. A small pool shows it.
 SMALL_POOL = 10
@@ -105,7 +105,7 @@ def run(ctx: Context) -> list[Row]:
         small = ctx.run_worker("many_jobs:measure_bare", max_connections=SMALL_POOL, **args)
         rows += [
             Row(
-                f"2. {label}: bare poller, {SMALL_POOL} connections (not 100): lag p95",
+                f"2. {label}: bare poller, {SMALL_POOL} connections (not 32): lag p95",
                 tf["lag_p95"],
                 small["lag_p95"],
                 "s",
@@ -114,7 +114,7 @@ def run(ctx: Context) -> list[Row]:
                 details={"bare_small_pool": small},
             ),
             Row(
-                f"2. {label}: bare poller, {SMALL_POOL} connections (not 100): CPU",
+                f"2. {label}: bare poller, {SMALL_POOL} connections (not 32): CPU",
                 tf["cpu_cores"],
                 small["cpu_cores"],
                 "cores",
