@@ -21,6 +21,8 @@ from collections.abc import Callable
 from multiprocessing.connection import Client, Connection, Listener
 from typing import Any
 
+from bench.procstat import wait_or_kill
+
 AUTHKEY_ENV = "BENCH_FAKE_AUTHKEY"
 ADDRESS_ENV = "BENCH_FAKE_ADDRESS"
 
@@ -179,11 +181,7 @@ class FakeProcess:
                 self.client.call("stop")
             self.client.close()
         if self.process is not None:
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            wait_or_kill(self.process)
 
     @property
     def pid(self) -> int:

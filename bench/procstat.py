@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import resource
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -17,6 +18,15 @@ from pathlib import Path
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def wait_or_kill(process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    """Let a process that was asked to stop exit; kill it if it has not in ``timeout`` s."""
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def own_cpu_seconds() -> float:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.procstat import tree_cpu_seconds
+from bench.procstat import tree_cpu_seconds, wait_or_kill
 
 BIN = Path(sys.executable).parent
 
@@ -52,11 +52,7 @@ class _Service:
         if self.process is None or self.process.poll() is not None:
             return
         self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        wait_or_kill(self.process)
 
     @property
     def pid(self) -> int:
