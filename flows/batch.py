@@ -24,6 +24,7 @@ from flows.methods import load_method, params_checker, prepare_method, session_f
 from flows.models import BatchResult, ErrorResult, ToolResult
 from flows.reporting import publish_batch
 from flows.rounds import StatusRounds, status_rounds
+from flows.together import all_settled, raise_first_error
 
 # Submits sent at once: enough to keep a provider busy, few enough that the
 # first jobs are submitted (and checked) while the rest wait their turn.
@@ -82,8 +83,8 @@ async def run_batch(
             submits=asyncio.Semaphore(SUBMITS_IN_FLIGHT),
             downloads=asyncio.Semaphore(DOWNLOADS_IN_FLIGHT),
         )
-        results = await asyncio.gather(
-            *(one(i, params, group) for i, params in enumerate(params_list))
+        results = raise_first_error(
+            await all_settled(*(one(i, params, group) for i, params in enumerate(params_list)))
         )
     batch = BatchResult(results=list(results))
     await publish_batch(definition, batch)

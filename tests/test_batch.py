@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -259,3 +260,20 @@ def test_a_batch_shows_one_table_instead_of_artifacts_per_job(fresh_fake):
     assert [row["job id"] for row in rows[1:]] == [
         item.task_id for item in state.result().succeeded
     ]
+
+
+def test_a_batch_that_times_out_cancels_every_job_at_the_provider(fresh_fake):
+    fresh_fake.script("runway", polls_until_done=10_000)
+    method = fake_method(fresh_fake, "runway", max_wait_seconds=60)
+    timed = run_batch.with_options(timeout_seconds=2)
+
+    with pytest.raises((ToolflowsError, TimeoutError)):
+        run_coro_as_sync(timed(method.model_dump(), [PARAMS["runway"]] * 3))
+
+    jobs = {job.id for job in fresh_fake.jobs("runway")}
+    assert len(jobs) == 3
+    assert sorted(fresh_fake.cancels("runway")) == sorted(jobs)
+    # The rounds stopped with the batch: no job is checked after its cancel.
+    checks = [r for r in fresh_fake.requests(origin="api") if r.method == "GET"]
+    time.sleep(1)
+    assert [r for r in fresh_fake.requests(origin="api") if r.method == "GET"] == checks

@@ -88,3 +88,29 @@ def test_fill_keeps_types_for_whole_placeholders_and_formats_the_rest():
     template = {"n": "{count}", "text": "draw {prompt}", "list": ["{urls}", 5]}
 
     assert fill(template, values) == {"n": 3, "text": "draw a cat", "list": [["u1"], 5]}
+
+
+def test_a_pipeline_that_times_out_cancels_its_running_jobs(fresh_fake):
+    fresh_fake.script("fal", kind="image")
+    fresh_fake.script("runway", polls_until_done=10_000)
+    fresh_fake.script("heygen", polls_until_done=10_000)
+    timed = image_to_video_pipeline.with_options(timeout_seconds=3)
+    narration = fake_method(fresh_fake, "heygen", max_wait_seconds=60)
+
+    with pytest.raises((ToolflowsError, TimeoutError)):
+        run_coro_as_sync(
+            timed(
+                ["a cat surfing", "a dog skiing"],
+                image_method=fake_method(fresh_fake, "fal_image").model_dump(),
+                video_method=fake_method(fresh_fake, "runway", max_wait_seconds=60).model_dump(),
+                video_params=RUNWAY_PARAMS,
+                narration_method=narration.model_dump(),
+                narration_params=HEYGEN_PARAMS,
+            )
+        )
+
+    # The video jobs still running when the run timed out were cancelled at the provider.
+    # (The HeyGen preset has no cancel endpoint: its jobs are left, with a warning.)
+    jobs = sorted(job.id for job in fresh_fake.jobs("runway"))
+    assert len(jobs) == 2
+    assert sorted(fresh_fake.cancels("runway")) == jobs

@@ -8,7 +8,6 @@ method and every params template is checked before the first submit.
 
 from __future__ import annotations
 
-import asyncio
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -18,6 +17,7 @@ from pydantic import Field
 
 from flows.models import CamelModel, ToolResult
 from flows.pipelines.steps import Step, handoff_url
+from flows.together import all_settled, raise_first_error
 
 SAMPLE_IMAGE_URL = "https://example.com/sample.png"
 
@@ -82,15 +82,12 @@ async def image_to_video_pipeline(
             if narration is None:
                 picture, clip = await picture_then_video()
                 return PipelineItem(prompt=prompt, image=picture, video=clip)
-            (picture, clip), spoken = await asyncio.gather(
-                picture_then_video(), narration.run(values, f"{index}")
-            )
+            both = await all_settled(picture_then_video(), narration.run(values, f"{index}"))
+            (picture, clip), spoken = raise_first_error(both)
             return PipelineItem(prompt=prompt, image=picture, video=clip, narration=spoken)
 
-        outcomes = await asyncio.gather(
-            *(one(index, prompt) for index, prompt in enumerate(prompts)), return_exceptions=True
-        )
-    failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+        outcomes = await all_settled(*(one(index, prompt) for index, prompt in enumerate(prompts)))
+    failures = [outcome for outcome in outcomes if isinstance(outcome, Exception)]
     if failures:
         logger = get_run_logger()
         for failure in failures[1:]:
