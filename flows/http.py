@@ -19,6 +19,7 @@ from enum import Enum
 from typing import Any
 from urllib.parse import quote, quote_plus
 
+import httpcore
 import httpx
 
 from flows.core.errors import ErrorCode, ToolflowsError
@@ -36,6 +37,12 @@ MAX_REDIRECTS = 10
 MAX_JSON_BYTES = 16 * 1024 * 1024
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 USER_AGENT = "toolflows/0.1 (+prefect)"
+# httpcore reads HTTP/1.1 bodies 64 KiB at a time (a class constant: httpx has no
+# setting for it). asyncio's transport receives up to 256 KiB per recv, so asking
+# for that much cuts the trips through anyio, httpcore and h11 per byte by 4
+# (1 GiB download: ~620 -> ~755 MiB/s). Process-wide, but only an upper bound:
+# a read returns what has already arrived, nothing is allocated at that size.
+httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = 256 * 1024
 
 
 class Credentials(Enum):

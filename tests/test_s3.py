@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import threading
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
+from botocore.exceptions import ClientError
 from prefect.settings import PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK, temporary_settings
 from prefect.utilities.asyncutils import run_coro_as_sync
+from prefect_aws import S3Bucket
 
 from flows.fake_provider import Fault
-from flows.storage import S3_PART_BYTES
+from flows.storage import S3_PART_BYTES, S3_PARTS_IN_FLIGHT, S3FileStore, _S3MultipartUpload
 from tests.helpers import PARAMS, fake_method, run
 from tests.prefect_stack import moto_s3, save_s3_bucket
+from tests.test_download_pipeline import cancel_by_cancel_scope, output_url, store_into
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -41,16 +48,21 @@ def object_sha256(client, key: str) -> str:
     return digest.hexdigest()
 
 
+def run_into_s3(fake, size: int):
+    """A Runway job whose one output of ``size`` bytes is stored through the S3 block."""
+    fake.script("runway", file_size=size)
+    method = fake_method(fake, "runway")
+    method.adapter_config.storage = BLOCK
+    result = run(method, PARAMS["runway"])
+    file = result.files[0]
+    return result, file, f"runway/image_to_video/{result.task_id}/{file.filename}"
+
+
 def test_a_64_mib_output_streams_into_s3(fresh_fake, s3):
     size = 64 * 1024 * 1024 + 123
-    fresh_fake.script("runway", file_size=size)
-    method = fake_method(fresh_fake, "runway")
-    method.adapter_config.storage = BLOCK
 
-    result = run(method, PARAMS["runway"])
+    result, file, key = run_into_s3(fresh_fake, size)
 
-    file = result.files[0]
-    key = f"runway/image_to_video/{result.task_id}/{file.filename}"
     assert file.uri == f"s3://{BUCKET}/{key}"
     assert file.size == size
     assert object_sha256(s3, key) == file.sha256 == fresh_fake.expected_sha256(result.task_id)
@@ -95,6 +107,82 @@ def test_a_broken_upload_leaves_no_object_behind(fresh_fake, s3):
     prefix = f"runway/image_to_video/{result.task_id}/"
     assert s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("KeyCount") == 0
     assert not s3.list_multipart_uploads(Bucket=BUCKET, Prefix=prefix).get("Uploads")
+
+
+def test_parts_are_sent_while_the_next_one_fills_a_few_at_once(fresh_fake, s3, monkeypatch):
+    real_upload_part, real_write = _S3MultipartUpload._upload_part, _S3MultipartUpload.write
+    spans: list[tuple[float, float]] = []
+    queued_at_start: list[int] = []
+    writes: list[float] = []
+
+    def upload_part(self: _S3MultipartUpload, number: int, data: bytearray) -> dict[str, Any]:
+        started = time.monotonic()
+        queued_at_start.append(sum(not sent.done() for sent in self._sent))
+        time.sleep(0.2)  # a slow S3
+        answer = real_upload_part(self, number, data)
+        spans.append((started, time.monotonic()))
+        return answer
+
+    def write(self: _S3MultipartUpload, chunk: bytes) -> None:
+        writes.append(time.monotonic())
+        real_write(self, chunk)
+
+    monkeypatch.setattr(_S3MultipartUpload, "_upload_part", upload_part)
+    monkeypatch.setattr(_S3MultipartUpload, "write", write)
+
+    result, file, key = run_into_s3(fresh_fake, 5 * S3_PART_BYTES + 1234)
+
+    assert object_sha256(s3, key) == file.sha256 == fresh_fake.expected_sha256(result.task_id)
+    assert len(spans) == 6
+    # The download went on while parts were on their way ...
+    assert any(start < at < end for at in writes for start, end in spans)
+    # ... but no part waited behind those in flight: memory holds one part more at most.
+    assert all(queued <= S3_PARTS_IN_FLIGHT for queued in queued_at_start), queued_at_start
+
+
+def test_a_part_refused_by_s3_aborts_the_upload_as_download_failed(fresh_fake, s3, monkeypatch):
+    real_upload_part = _S3MultipartUpload._upload_part
+
+    def upload_part(self: _S3MultipartUpload, number: int, data: bytearray) -> dict[str, Any]:
+        if number == 2:
+            error = {"Code": "SlowDown", "Message": "Please reduce your request rate."}
+            raise ClientError({"Error": error}, "UploadPart")
+        return real_upload_part(self, number, data)
+
+    monkeypatch.setattr(_S3MultipartUpload, "_upload_part", upload_part)
+    fresh_fake.script("runway", file_size=2 * S3_PART_BYTES + 5)
+    method = fake_method(fresh_fake, "runway")
+    method.adapter_config.storage = BLOCK
+
+    result = run(method, PARAMS["runway"])
+
+    assert result.files == []
+    (warning,) = result.warnings
+    assert warning.code == "DOWNLOAD_FAILED"
+    assert "SlowDown" in warning.message
+    prefix = f"runway/image_to_video/{result.task_id}/"
+    assert s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("KeyCount") == 0
+    assert not s3.list_multipart_uploads(Bucket=BUCKET, Prefix=prefix).get("Uploads")
+
+
+def test_a_cancelled_download_still_aborts_its_multipart_upload(fresh_fake, s3, monkeypatch):
+    """Cancelled the way Prefect's timeouts cancel: the abort must get through anyway."""
+    real_upload_part = _S3MultipartUpload._upload_part
+    uploading = threading.Event()
+
+    def upload_part(self: _S3MultipartUpload, number: int, data: bytearray) -> dict[str, Any]:
+        uploading.set()
+        time.sleep(0.3)  # the download is cancelled meanwhile
+        return real_upload_part(self, number, data)
+
+    monkeypatch.setattr(_S3MultipartUpload, "_upload_part", upload_part)
+    url, _ = output_url(fresh_fake, 6 * S3_PART_BYTES)
+    store = S3FileStore(S3Bucket.load(BLOCK.split("/")[1]))
+
+    asyncio.run(cancel_by_cancel_scope(store_into(fresh_fake, url, store), uploading))
+
+    assert s3.list_objects_v2(Bucket=BUCKET, Prefix="job/").get("KeyCount") == 0
+    assert not s3.list_multipart_uploads(Bucket=BUCKET, Prefix="job/").get("Uploads")
 
 
 def test_a_presigned_url_serves_the_bytes_to_plain_httpx(fresh_fake, s3):
