@@ -196,7 +196,7 @@ def test_a_job_past_its_deadline_times_out_alone(fresh_fake):
 
 def test_submits_in_flight_are_capped_so_the_first_jobs_are_checked_early(fresh_fake, monkeypatch):
     monkeypatch.setattr(batch_module, "SUBMITS_IN_FLIGHT", 2)
-    fresh_fake.script("runway", polls_until_done=2, submit_seconds=0.3)
+    fresh_fake.script("runway", polls_until_done=2, submit_seconds=0.5)
 
     result = batch(fake_method(fresh_fake, "runway"), [PARAMS["runway"]] * 6)
 
