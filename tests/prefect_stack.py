@@ -70,14 +70,19 @@ def background(
     try:
         yield process
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process)
         with suppress(ProcessLookupError):  # flow run processes left behind
             os.killpg(process.pid, signal.SIGKILL)
+
+
+def stop_group(process: subprocess.Popen[Any], timeout: float = 30) -> None:
+    """SIGTERM a process started in its own group; SIGKILL the group if it lingers."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def healthy(api_url: str, server: subprocess.Popen, log: Path) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from flows.core.definition import MethodDefinition
 from flows.core.errors import ErrorCode, ToolflowsError
 from flows.methods import read_definition_file, validate_params
 from tests.helpers import FAST_POLLING, PARAMS, fake_method
-from tests.prefect_stack import wait_for
+from tests.prefect_stack import stop_group, wait_for
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -412,12 +411,7 @@ def served(prefect_api, fake, tmp_path) -> Iterator[list[str]]:
         assert summary["status"] == "serving"
         yield summary["deployments"]
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_group(server)
 
 
 def printed_document(process: subprocess.Popen, stdout: Path, stderr: Path) -> Any:
