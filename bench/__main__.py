@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         "--only", nargs="+", choices=sorted(BENCHMARKS), help="run only these benchmarks"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS, help=f"where to write the JSON (default {RESULTS})"
+    )
     args = parser.parse_args(argv)
     sizes = Sizes.small() if args.smoke else Sizes.full()
     names = args.only or list(BENCHMARKS)
@@ -122,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     print(" (" + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + ")")
     for name in failures:
         print(f"FAILED: {name} (traceback above; logs in {workdir})")
-    RESULTS.write_text(
+    args.results.write_text(
         json.dumps(
             {
                 "mode": "smoke" if sizes.smoke else "full",
