@@ -32,13 +32,15 @@ def preempt(fault: Fault, error: ErrorShape) -> Reply:
 
 
 def disturb(reply: Reply, fault: Fault | None) -> Reply:
-    """Spoil an answer already produced (`drop_after_accept`, `delay`, `cut`)."""
+    """Spoil an answer already produced (`drop_after_accept`, `delay`, `drip`, `cut`)."""
     if fault is None:
         return reply
     if fault.kind == "drop_after_accept":
         return reply.but(abort=True)
     if fault.kind == "delay":
         return reply.but(delay=fault.seconds)
+    if fault.kind == "drip":
+        return reply.but(drip=fault.seconds)
     return reply.but(cut_after=fault.after_bytes)
 
 

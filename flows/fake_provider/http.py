@@ -55,6 +55,8 @@ class Reply:
     cut_after: int | None = None
     # No Content-Length: the body goes out chunked, its size unknown until the end.
     chunked: bool = False
+    # Seconds between the body's bytes, sent one at a time (a stalled, dripping server).
+    drip: float = 0.0
 
     @classmethod
     def json(cls, status: int, payload: Any, headers: Iterable[tuple[str, str]] = ()) -> Reply:
@@ -205,10 +207,23 @@ class HttpServer:
                         writer.write(piece)
                     writer.close()  # flushes what was written, then FIN: a short body
                     return False
-                for piece in conn.send_with_data_passthrough(h11.Data(data=chunk)):
-                    writer.write(piece)
+                if reply.drip:
+                    await self._drip(conn, writer, bytes(chunk), reply.drip)
+                else:
+                    for piece in conn.send_with_data_passthrough(h11.Data(data=chunk)):
+                        writer.write(piece)
                 sent += len(chunk)
                 await writer.drain()
         writer.write(conn.send(h11.EndOfMessage()))
         await writer.drain()
         return True
+
+    @staticmethod
+    async def _drip(
+        conn: h11.Connection, writer: asyncio.StreamWriter, chunk: bytes, interval: float
+    ) -> None:
+        for index in range(len(chunk)):
+            for piece in conn.send_with_data_passthrough(h11.Data(data=chunk[index : index + 1])):
+                writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(interval)

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from flows.fake_provider.content import FakeFile
 from flows.fake_provider.http import Request
 
-FaultKind = Literal["http", "reset", "drop_after_accept", "delay", "cut", "expired"]
+FaultKind = Literal["http", "reset", "drop_after_accept", "delay", "cut", "expired", "drip"]
 Outcome = Literal["success", "failure", "cancelled"]
 Kind = Literal["video", "image", "audio"]
 
@@ -54,6 +54,11 @@ class Fault:
     def cut(cls, after_bytes: int) -> Fault:
         """Announce the full Content-Length, send `after_bytes` of the body, then close."""
         return cls("cut", after_bytes=after_bytes)
+
+    @classmethod
+    def drip(cls, seconds_per_byte: float) -> Fault:
+        """Process, answer the head at once, then send the body one byte every `seconds_per_byte`."""
+        return cls("drip", seconds=seconds_per_byte)
 
     @classmethod
     def expired(cls) -> Fault:
