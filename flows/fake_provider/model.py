@@ -57,7 +57,7 @@ class Fault:
 
     @classmethod
     def drip(cls, seconds_per_byte: float) -> Fault:
-        """Process, answer the head at once, then send the body one byte every `seconds_per_byte`."""
+        """Process, send the head at once, then the body one byte every `seconds_per_byte`."""
         return cls("drip", seconds=seconds_per_byte)
 
     @classmethod
