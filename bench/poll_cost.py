@@ -1,9 +1,10 @@
 """Benchmark 1: the cost of one status check.
 
 A status check is one Prefect task attempt (``Check job status``), retried by
-``pace_next_check``. With a zero-delay schedule (interval 0, factor 1, jitter
-0) a job that needs N polls makes N + 1 status requests back to back, so the
-run measures the engine's own cost per check, not the schedule's sleeps.
+``pace_next_check``. With the shortest schedule a method may have (every
+``MIN_POLL_INTERVAL_SECONDS``, factor 1, jitter 0) a job that needs N polls
+makes N + 1 status requests close together; CPU per check is the engine's own
+cost (a sleep costs none), and the wall time per check includes that interval.
 
 toolflows: the ``run_tool_method`` flow on the HeyGen preset, against a
 Prefect server running in its own process (its CPU is reported apart). The
@@ -126,15 +127,16 @@ def _measure_toolflows(polls: int, repeats: int, server_pid: int) -> dict[str, A
 
     from bench.fakectl import FakeClient
     from bench.methods import method_at_fake
+    from flows.core.definition import MIN_POLL_INTERVAL_SECONDS
     from flows.engine import run_tool_method
 
     fake = FakeClient.from_env()
     method = method_at_fake(
         HEYGEN,
-        interval_seconds=0,
+        interval_seconds=MIN_POLL_INTERVAL_SECONDS,
         backoff_factor=1,
         jitter=0,
-        max_interval_seconds=0,
+        max_interval_seconds=MIN_POLL_INTERVAL_SECONDS,
         max_wait_seconds=600,
     )
 

@@ -29,6 +29,7 @@ from prefect import Flow
 from prefect.client.schemas.objects import FlowRun
 from prefect.states import State
 from prefect.types import BANNED_CHARACTERS
+from prefect.utilities.asyncutils import run_coro_as_sync
 
 from blocks import ToolMethod
 from deployments.flow_parameters import (
@@ -108,8 +109,9 @@ def __getattr__(attribute: str) -> Flow[..., ToolResult]:
         raise AttributeError(f"module {__name__!r} has no attribute {attribute!r}")
     block_name = block_name_of(attribute)
     try:
-        # _sync: `prefect deploy` resolves entrypoints inside its event loop.
-        block = ToolMethod.load(block_name, _sync=True)
+        # Runs in a thread of its own when called inside an event loop, as
+        # `prefect deploy` does when it resolves entrypoints.
+        block = run_coro_as_sync(ToolMethod.aload(block_name))
     except ValueError:
         raise AttributeError(
             f"module {__name__!r} has no attribute {attribute!r}: no ToolMethod block "

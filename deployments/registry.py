@@ -39,12 +39,6 @@ async def register_definitions(definitions: list[MethodDefinition]) -> list[dict
     return saved
 
 
-async def register_files(files: list[Path]) -> list[dict[str, str]]:
-    """Validate every file first, then save: a bad file saves nothing."""
-    definitions = [definition for file in files for definition in read_definition_file(file)]
-    return await register_definitions(definitions)
-
-
 async def saved_methods() -> dict[str, MethodDefinition]:
     """Every saved ToolMethod block, by block name (enabled or not)."""
     async with get_client() as client:

@@ -18,6 +18,7 @@ from typing import Any
 from prefect import flow
 from prefect.logging import get_run_logger
 
+from flows.cancel import cancel_remote_jobs
 from flows.core.errors import ToolflowsError
 from flows.engine import run_job
 from flows.methods import load_method, params_checker, prepare_method, session_for
@@ -47,6 +48,7 @@ class JobGroup:
 @flow(
     name="run_tool_method_batch",
     description="Run one tool method over many params concurrently, in one flow run.",
+    on_cancellation=[cancel_remote_jobs("method")],
     persist_result=True,
 )
 async def run_batch(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.core.errors import ErrorCode, ToolflowsError
+from flows.methods import load_method, prepare_method, read_definition_file
 
 # The embedded server starts in 20-30 s on a loaded 2-core machine; Prefect's
 # default of 20 s makes the first run fail there.
@@ -73,21 +74,36 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from flows.engine import run_tool_method
-
     try:
         params = parse_params(args.params)
     except ToolflowsError as error:
         return _print_error(error)
-    return _print_outcome(lambda: run_tool_method(args.method, params, args.resume))
+
+    async def check_then_run() -> Any:
+        # A wrong config fails here, before any flow run exists: a definition file
+        # whose ${VAR} are set is checked without even importing Prefect.
+        definition = await load_method(args.method)
+        await prepare_method(definition, params, submitting=args.resume is None)
+        from flows.engine import run_tool_method
+
+        return await run_tool_method(args.method, params, args.resume)
+
+    return _print_outcome(check_then_run)
 
 
 def _register(args: argparse.Namespace) -> int:
-    from deployments.registry import register_files
+    try:
+        # Every file is valid before anything is saved (or Prefect imported).
+        definitions = [
+            definition for file in args.files for definition in read_definition_file(file)
+        ]
+    except ToolflowsError as error:
+        return _print_error(error)
+    from deployments.registry import register_definitions
 
     with _stdout_to_stderr() as stdout:
         try:
-            saved = asyncio.run(register_files([Path(file) for file in args.files]))
+            saved = asyncio.run(register_definitions(definitions))
         except ToolflowsError as error:
             return _print_error(error, stdout)
         _write(stdout, {"status": "success", "registered": saved})

@@ -3,8 +3,11 @@
 Each output is read in chunks and written straight to the store (constant
 memory whatever its size), hashed on the way, and published atomically. The
 event loop only receives: hashing and writing run in a thread of their own, a
-few MiB behind. A connection broken mid-stream is resumed with ``Range`` where
-the server allows it, else restarted. Output URLs never receive the method's
+few MiB behind. A connection broken mid-stream, or too slow to be alive
+(``TransferPace``), is resumed with ``Range`` where the server allows it, else
+restarted. A ``Content-Encoding`` (gzip, deflate) is undone as bytes arrive, a
+bounded piece at a time: the file stored is the one the user asked for, and a
+decompression bomb costs no memory. Output URLs never receive the method's
 credentials.
 """
 
@@ -13,10 +16,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+import zlib
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 
 import anyio
@@ -26,17 +30,23 @@ from prefect.logging import get_run_logger
 
 from flows.console import show_download
 from flows.core.backoff import parse_retry_after
-from flows.core.definition import MethodDefinition
+from flows.core.definition import AdapterConfig, MethodDefinition
 from flows.core.detection import OutputRef, find_outputs
 from flows.core.errors import ErrorCode, ToolflowsError
-from flows.core.files import choose_filename, choose_mimetype, decode_data_uri, filename_from_url
+from flows.core.files import (
+    choose_filename,
+    choose_mimetype,
+    decode_data_uri,
+    filename_from_url,
+    storage_prefix,
+)
 from flows.core.templates import resolve_link
 from flows.http import Credentials, current_session, is_transient_status, parse_json
 from flows.models import StoredFile, SubmittedJob, Warning_
-from flows.storage import FileStore, Upload, resolve_file_store
+from flows.storage import FileStore, Upload, resolve_file_store, storage_failure
 
-# Bodies are read as the network delivers them (so the first bytes, which name
-# and type the file, arrive early); in-memory data is written in chunks of:
+# In-memory data is written in chunks of this size, and a compressed body is
+# inflated at most this much at a time (whatever its ratio).
 CHUNK_BYTES = 1024 * 1024
 # Received chunks go to the writer thread in batches of about this size (one
 # hand-off per batch, not per socket read), and at most WRITER_QUEUE batches wait
@@ -48,6 +58,33 @@ MAX_ATTEMPTS = 5
 # The job's output exists once it is done: a download gets this many tries even
 # when the wait deadline has already passed.
 MIN_ATTEMPTS_PAST_DEADLINE = 3
+# Between tries: 1 s, doubling, at most this (or longer when the server asks).
+MAX_BACKOFF_SECONDS = 8.0
+# Content-Encodings undone on the way in (what httpx asks for by default).
+ENCODINGS = ("gzip", "x-gzip", "deflate")
+GZIP_WBITS = zlib.MAX_WBITS | 16
+
+
+@dataclass(frozen=True)
+class TransferPace:
+    """When a transfer is too slow to be alive, as curl's --speed-limit/--speed-time.
+
+    The body must start within ``first_byte_seconds`` of the request, then bring
+    ``min_bytes_per_second * stall_seconds`` bytes in every ``stall_seconds``
+    (no rate rule when it is 0). Time spent waiting for the store does not count.
+    """
+
+    first_byte_seconds: float
+    min_bytes_per_second: int
+    stall_seconds: float
+
+    @classmethod
+    def of(cls, config: AdapterConfig) -> TransferPace:
+        return cls(
+            first_byte_seconds=config.download_first_byte_seconds,
+            min_bytes_per_second=config.download_min_bytes_per_second,
+            stall_seconds=config.download_stall_seconds,
+        )
 
 
 @dataclass
@@ -60,6 +97,7 @@ class FileTarget:
     max_bytes: int
     deadline: float
     taken: set[str] = field(default_factory=set)
+    pace: TransferPace = field(default_factory=lambda: TransferPace.of(AdapterConfig()))
 
     def key_for(self, filename: str) -> str:
         """A storage key, unique among this job's files (``a.mp4``, then ``a-2.mp4``)."""
@@ -76,12 +114,14 @@ class FileTarget:
 
 async def file_target(*, method: MethodDefinition, task_id: str, deadline: float) -> FileTarget:
     """The target for a job's files in the run's storage."""
+    config = method.adapter_config
     return FileTarget(
-        store=await resolve_file_store(method.adapter_config.storage),
-        key_prefix=f"{method.inventory_key}/{method.name}/{task_id}",
+        store=await resolve_file_store(config.storage),
+        key_prefix=storage_prefix(method.inventory_key, method.name, task_id),
         task_id=task_id,
-        max_bytes=method.adapter_config.max_download_bytes,
+        max_bytes=config.max_download_bytes,
         deadline=deadline,
+        pace=TransferPace.of(config),
     )
 
 
@@ -94,18 +134,20 @@ async def download_outputs(
     method: MethodDefinition,
     job: SubmittedJob,
     refresh_url: str | None,
+    refresh_url_configured: bool = False,
 ) -> tuple[list[StoredFile], list[Warning_]]:
     """Store every output; return the files and a ``DOWNLOAD_FAILED`` warning per failure.
 
     ``refresh_url`` is the status/result URL the outputs came from: asked once
     more, it signs fresh URLs when a signed one has expired (403).
+    ``refresh_url_configured``: it is the definition's template (``${VAR}`` filled).
     """
     polling = method.adapter_config.polling
     task_id = job.task_id or "job"
     target = await file_target(
         method=method, task_id=task_id, deadline=job.submitted_at + polling.max_wait_seconds
     )
-    fresh_links = _FreshLinks(method, refresh_url)
+    fresh_links = _FreshLinks(method, refresh_url, configured=refresh_url_configured)
     logger = get_run_logger()
     session = current_session()
     files: list[StoredFile] = []
@@ -123,6 +165,8 @@ async def download_outputs(
         except ToolflowsError as exc:
             exc.message = session.redact(exc.message)
             if polling.download == "required":
+                # Whatever stopped it (a refused URL, storage), the download is what failed.
+                exc.code = ErrorCode.DOWNLOAD_FAILED
                 raise exc.with_task_id(job.task_id) from None
             logger.warning("Download of %s failed: %s", session.redact(output.url), exc.message)
             warnings.append(
@@ -143,9 +187,12 @@ class _FreshLinks:
 
     EXPIRED_STATUS = frozenset({401, 403, 410})
 
-    def __init__(self, method: MethodDefinition, refresh_url: str | None) -> None:
+    def __init__(
+        self, method: MethodDefinition, refresh_url: str | None, *, configured: bool
+    ) -> None:
         self.method = method
         self.refresh_url = refresh_url
+        self.configured = configured
         self._outputs: list[OutputRef] | None = None
 
     async def replacing(self, output: OutputRef, error: ToolflowsError) -> str | None:
@@ -160,7 +207,7 @@ class _FreshLinks:
     async def _fetch_outputs(self, url: str) -> list[OutputRef]:
         polling = self.method.adapter_config.polling
         try:
-            response = await current_session().request("GET", url)
+            response = await current_session().request("GET", url, configured=self.configured)
             payload = parse_json(response, what="status answer") if response.is_success else None
         except (ToolflowsError, httpx.HTTPError):
             return []
@@ -170,49 +217,92 @@ class _FreshLinks:
 
 async def store_output(url: str, target: FileTarget, *, index: int) -> StoredFile:
     """Store one output URL (or ``data:`` URI) with its size and sha256."""
-    transfer = _Transfer(target=target, index=index, source_url=url)
+    transfer = _Transfer(
+        target=target,
+        index=index,
+        source_url=url,
+        fetch_url=url,
+        credentials=Credentials.ENDPOINT_ONLY,
+    )
     if url.startswith("data:"):
         return await transfer.from_data_uri()
     return await transfer.from_url()
 
 
-async def store_body(response: httpx.Response, target: FileTarget, *, index: int) -> StoredFile:
-    """Store the body of an open response: a file answered where JSON was expected."""
-    transfer = _Transfer(target=target, index=index, source_url=str(response.url))
-    return await transfer.from_response(response)
+async def store_body(
+    response: httpx.Response,
+    target: FileTarget,
+    *,
+    index: int,
+    refetch_url: str | None = None,
+) -> StoredFile:
+    """Store the body of an open response: a file answered where JSON was expected.
+
+    It is checked like a download (Content-Length, encoding, size cap, pace).
+    Broken or cut short, it is fetched again with GET from ``refetch_url`` (the
+    status or result URL that answered it), resumed with ``Range`` where
+    allowed. Without one (a submit, which is never sent twice) a broken body is
+    a ``DOWNLOAD_FAILED`` that says the request was not sent again.
+    """
+    transfer = _Transfer(
+        target=target,
+        index=index,
+        source_url=str(response.url),
+        fetch_url=refetch_url,
+        credentials=Credentials.ENDPOINT_AND_ALLOWED_HOSTS,
+    )
+    return await transfer.from_url(opened=response)
 
 
 class _BrokenTransfer(Exception):
-    """The body stopped early or the server hiccuped: worth another try.
+    """The body stopped early, stalled, or the server hiccuped: worth another try.
 
     ``retry_after``: how long the server asked us to wait, if it said.
+    ``resumable``: False when a ``Range`` request cannot continue it (start over).
     """
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, retry_after: float | None = None, *, resumable: bool = True
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.resumable = resumable
 
 
 @dataclass
 class _Transfer:
-    """One output moving from a URL (or an open response) into the store."""
+    """One output moving from a URL (or an open response) into the store.
+
+    ``source_url`` names the file and is reported; ``fetch_url`` is where it is
+    requested (again), None when it must not be.
+    """
 
     target: FileTarget
     index: int
     source_url: str
+    fetch_url: str | None
+    credentials: Credentials
     filename: str = ""
     mimetype: str = "application/octet-stream"
 
-    async def from_url(self) -> StoredFile:
+    async def from_url(self, opened: httpx.Response | None = None) -> StoredFile:
+        """Download with retries; the first try reads ``opened`` when given."""
         attempt = 1
         while True:
+            first = nullcontext(opened) if attempt == 1 and opened is not None else None
             try:
-                return await self._download()
+                return await self._download(first or self._open(offset=0))
             except _BrokenTransfer as exc:
-                wait = max(min(2.0 ** (attempt - 1), 8.0), exc.retry_after or 0.0)
+                if self.fetch_url is None:
+                    raise ToolflowsError(
+                        ErrorCode.DOWNLOAD_FAILED,
+                        f"the file answered was broken ({exc}); the request was not sent again",
+                    ) from exc
+                wait = max(min(2.0 ** (attempt - 1), MAX_BACKOFF_SECONDS), exc.retry_after or 0.0)
                 past_deadline = time.time() + wait > self.target.deadline
                 if attempt >= MAX_ATTEMPTS or (
-                    past_deadline and attempt >= MIN_ATTEMPTS_PAST_DEADLINE
+                    past_deadline
+                    and (attempt >= MIN_ATTEMPTS_PAST_DEADLINE or wait > MAX_BACKOFF_SECONDS)
                 ):
                     raise ToolflowsError(
                         ErrorCode.DOWNLOAD_FAILED, f"download failed after {attempt} tries: {exc}"
@@ -226,57 +316,85 @@ class _Transfer:
         except ValueError as exc:
             raise ToolflowsError(ErrorCode.DOWNLOAD_FAILED, str(exc)) from None
         self._name(content_type=declared, content_disposition=None, head=data[:512])
-        return await self._write(_chunks_of(data))
+        self._check_size(len(data))
+        key = self.target.key_for(self.filename)
+        async with self._storing(key) as writer:
+            for start in range(0, len(data), CHUNK_BYTES):
+                await writer.write(data[start : start + CHUNK_BYTES])
+        return self._stored(key, writer.size, writer.sha256)
 
-    async def from_response(self, response: httpx.Response) -> StoredFile:
-        chunks = response.aiter_bytes()
-        head = await anext(chunks, b"")
-        self._name_from(response, head)
-        return await self._write(_prepend(head, chunks))
-
-    async def _download(self) -> StoredFile:
+    async def _download(self, opening: AbstractAsyncContextManager[httpx.Response]) -> StoredFile:
         async with AsyncExitStack() as responses:
-            response = await responses.enter_async_context(self._open(offset=0))
-            chunks = response.aiter_bytes()
-            head = await anext(chunks, b"")
+            watch = _Watch(self.target.pace)
+            try:
+                async with watch.waiting():
+                    response = await responses.enter_async_context(opening)
+                    body = _Body(response, _Decoder.for_response(response), watch, offset=0)
+                    head = await body.next_piece() or b""
+            except httpx.TransportError as exc:
+                raise _BrokenTransfer(_describe(exc)) from exc
             self._name_from(response, head)
             expected = _content_length(response)
-            if expected is not None:
+            if expected is not None and not body.decoder.encoding:
                 self._check_size(expected)
+            # Range counts stored bytes only when they are the bytes sent.
+            may_resume = (
+                self.fetch_url is not None
+                and _accepts_ranges(response)
+                and not body.decoder.encoding
+            )
+            self._check_size(len(head))
             key = self.target.key_for(self.filename)
             resumes = 0
             async with self._storing(key) as writer:
-                pending: AsyncIterator[bytes] = _prepend(head, chunks)
+                writer.add(head)
+                resumed: _Body | None = body
                 while True:
                     try:
-                        await self._pour(pending, writer, expected)
+                        if resumed is None:
+                            resumed = await self._resume(responses, writer.size, expected)
+                        await self._pour(resumed, writer, expected)
+                        received = resumed.offset + resumed.received
+                        if expected is not None and received != expected:
+                            raise _BrokenTransfer(f"got {received} of {expected} bytes")
                         break
-                    except httpx.TransportError as exc:
+                    except (httpx.TransportError, _BrokenTransfer) as exc:
                         resumes += 1
-                        if not _accepts_ranges(response) or resumes >= MAX_ATTEMPTS:
+                        resumable = may_resume and getattr(exc, "resumable", True)
+                        if not resumable or resumes >= MAX_ATTEMPTS:
                             raise _BrokenTransfer(
-                                f"connection broken after {writer.size} bytes"
+                                f"broken after {writer.size} bytes: {_describe(exc)}",
+                                retry_after=getattr(exc, "retry_after", None),
                             ) from exc
-                        await response.aclose()
-                        response = await responses.enter_async_context(
-                            self._open(offset=writer.size)
-                        )
-                        pending = response.aiter_bytes()
-                if expected is not None and writer.size != expected:
-                    raise _BrokenTransfer(f"got {writer.size} of {expected} bytes")
+                        if resumed is not None:
+                            await resumed.response.aclose()
+                        resumed = None
             return self._stored(key, writer.size, writer.sha256)
+
+    async def _resume(self, responses: AsyncExitStack, offset: int, expected: int | None) -> _Body:
+        """The rest of the body from ``offset`` on, by a ``Range`` request."""
+        watch = _Watch(self.target.pace)
+        async with watch.waiting():
+            response = await responses.enter_async_context(self._open(offset=offset))
+            decoder = _Decoder.for_response(response)
+        if decoder.encoding or not _continues_at(response, offset, expected):
+            raise _BrokenTransfer(
+                f"the answer to Range bytes={offset}- does not continue the file "
+                f"({response.headers.get('content-range', 'no Content-Range')[:80]!r})",
+                resumable=False,
+            )
+        return _Body(response, decoder, watch, offset=offset)
 
     @asynccontextmanager
     async def _open(self, *, offset: int) -> AsyncIterator[httpx.Response]:
-        """GET the output (from ``offset`` on), without credentials."""
+        """GET the file (from ``offset`` on)."""
+        assert self.fetch_url is not None, "a file that must not be fetched again"
         session = current_session()
         headers = {"Range": f"bytes={offset}-"} if offset else None
         try:
             async with session.stream(
-                "GET", self.source_url, credentials=Credentials.NEVER, headers=headers
+                "GET", self.fetch_url, credentials=self.credentials, headers=headers
             ) as response:
-                if offset and response.status_code != 206:
-                    raise _BrokenTransfer(f"server ignored Range (HTTP {response.status_code})")
                 if is_transient_status(response.status_code):
                     raise _BrokenTransfer(
                         f"HTTP {response.status_code}",
@@ -285,38 +403,47 @@ class _Transfer:
                 if response.status_code >= 400:
                     raise ToolflowsError(
                         ErrorCode.DOWNLOAD_FAILED,
-                        f"HTTP {response.status_code} from {session.redact(self.source_url)}",
+                        f"HTTP {response.status_code} from {session.redact(self.fetch_url)}",
                         http_status=response.status_code,
+                    )
+                if (response.status_code == 206) != bool(offset):
+                    raise _BrokenTransfer(
+                        f"HTTP {response.status_code} to a request "
+                        + (f"for bytes {offset}-" if offset else "for the whole file"),
+                        resumable=False,
                     )
                 yield response
         except httpx.TransportError as exc:
-            raise _BrokenTransfer(f"{type(exc).__name__}: {exc}") from exc
-
-    async def _write(self, chunks: AsyncIterator[bytes]) -> StoredFile:
-        key = self.target.key_for(self.filename)
-        async with self._storing(key) as writer:
-            await self._pour(chunks, writer, None)
-        return self._stored(key, writer.size, writer.sha256)
+            raise _BrokenTransfer(_describe(exc)) from exc
 
     @asynccontextmanager
     async def _storing(self, key: str) -> AsyncIterator[_HashingWriter]:
         """An upload to ``key`` fed through a writer thread; published once all is written."""
         async with self.target.store.upload(key) as upload:
-            writer = _HashingWriter(upload)
+            writer = _HashingWriter(upload, key)
             try:
                 yield writer
                 await writer.finish()
             finally:
                 await writer.close()
 
-    async def _pour(
-        self, chunks: AsyncIterator[bytes], writer: _HashingWriter, total: int | None
-    ) -> None:
-        """Hand chunks to the writer as they arrive, refusing a body past maxDownloadBytes."""
-        async for chunk in chunks:
-            self._check_size(writer.size + len(chunk))
-            await writer.write(chunk)
-            show_download(self.filename, writer.size, total)
+    async def _pour(self, body: _Body, writer: _HashingWriter, total: int | None) -> None:
+        """Receive into the writer, a batch at a time, refusing a body past maxDownloadBytes.
+
+        Only the receiving runs under the pace deadline: waiting for the writer
+        (a slow store holding the download back) is not the network being slow.
+        """
+        total = None if body.decoder.encoding else total
+        while True:
+            async with body.watch.waiting():
+                while not writer.batch_full:
+                    piece = await body.next_piece()
+                    if piece is None:
+                        return
+                    self._check_size(writer.size + len(piece))
+                    writer.add(piece)
+                    show_download(self.filename, writer.size, total)
+            await writer.hand_over()
 
     def _name_from(self, response: httpx.Response, head: bytes) -> None:
         self._name(
@@ -360,6 +487,195 @@ class _Transfer:
         )
 
 
+class _Watch:
+    """Ends a response too slow to be alive (``TransferPace``), from its request on.
+
+    Time counts only inside ``waiting()`` spans: the receiving, not the writes.
+    The rate is judged over consecutive windows of ``stall_seconds``, each owing
+    its quota of bytes: the deadline moves one window on when the quota is in,
+    so a fast body reschedules its timer once a window, not once a chunk.
+    """
+
+    def __init__(self, pace: TransferPace) -> None:
+        self.pace = pace
+        self._clock = asyncio.get_running_loop().time
+        self._deadline: float | None = self._clock() + pace.first_byte_seconds
+        self._window_start: float | None = None  # None until the first byte
+        self._window_bytes = 0
+        self._timer: asyncio.Timeout | None = None
+        self._paused_at: float | None = None
+
+    @asynccontextmanager
+    async def waiting(self) -> AsyncIterator[None]:
+        """A span of network waits under the deadline; time between spans is not counted."""
+        if self._paused_at is not None:
+            self._shift(self._clock() - self._paused_at)
+        timer = asyncio.timeout_at(self._deadline)
+        try:
+            async with timer:
+                self._timer = timer
+                yield
+        except TimeoutError:
+            if not timer.expired():
+                raise
+            raise _BrokenTransfer(self._verdict()) from None
+        finally:
+            self._timer = None
+            self._paused_at = self._clock()
+
+    def received(self, size: int) -> None:
+        """Count bytes off the network (raw, before any decoding)."""
+        now = self._clock()
+        window = self.pace.stall_seconds
+        if self._window_start is None:
+            self._window_start = now
+            self._set_deadline(now + window if self.pace.min_bytes_per_second else None)
+        while now >= self._window_start + window:
+            self._window_start += window
+            self._window_bytes = 0
+        self._window_bytes += size
+        quota_met = self._window_bytes >= self.pace.min_bytes_per_second * window
+        next_end = self._window_start + 2 * window
+        if self.pace.min_bytes_per_second and quota_met and self._deadline != next_end:
+            self._set_deadline(next_end)
+
+    def _set_deadline(self, deadline: float | None) -> None:
+        self._deadline = deadline
+        if self._timer is not None:
+            self._timer.reschedule(deadline)
+
+    def _shift(self, seconds: float) -> None:
+        if self._deadline is not None:
+            self._deadline += seconds
+        if self._window_start is not None:
+            self._window_start += seconds
+
+    def _verdict(self) -> str:
+        if self._window_start is None:
+            return f"no byte within {self.pace.first_byte_seconds:g} s"
+        return (
+            f"slower than {self.pace.min_bytes_per_second} bytes/s "
+            f"for {self.pace.stall_seconds:g} s"
+        )
+
+
+class _Decoder:
+    """Undoes a body's ``Content-Encoding`` as it arrives, at most CHUNK_BYTES out a step.
+
+    httpx would inflate a whole network read at once (a 64 KiB read of a bomb
+    is 64 MiB); here each step is bounded, so memory stays flat at any ratio.
+    gzip and deflate (zlib-wrapped or raw, as servers send both) are known;
+    another encoding is refused by name rather than stored still encoded.
+    """
+
+    def __init__(self, encoding: str) -> None:
+        self.encoding = encoding  # "" for identity
+        self._gzip = "gzip" in encoding
+        self._inflater = zlib.decompressobj(GZIP_WBITS) if self._gzip else None
+        self._start = b""  # deflate: the first bytes, until they tell zlib from raw
+        self._fed = False
+
+    @classmethod
+    def for_response(cls, response: httpx.Response) -> _Decoder:
+        header = response.headers.get("content-encoding", "")
+        codings = [part.strip().lower() for part in header.split(",")]
+        codings = [coding for coding in codings if coding and coding != "identity"]
+        if not codings:
+            return cls("")
+        if len(codings) == 1 and codings[0] in ENCODINGS:
+            return cls(codings[0])
+        raise ToolflowsError(
+            ErrorCode.DOWNLOAD_FAILED,
+            f"cannot decode Content-Encoding {header[:60]!r} (gzip and deflate can be)",
+        )
+
+    def decode(self, data: bytes) -> Iterator[bytes]:
+        """The decoded bytes of ``data``, lazily, in pieces of at most CHUNK_BYTES."""
+        if not data:
+            return
+        if not self.encoding:
+            yield data
+            return
+        self._fed = True
+        if self._inflater is None:
+            self._start += data
+            if len(self._start) < 2:
+                return
+            data, self._start = self._start, b""
+            self._inflater = zlib.decompressobj(
+                zlib.MAX_WBITS if _is_zlib_header(data) else -zlib.MAX_WBITS
+            )
+        yield from self._inflate(data)
+
+    def finish(self) -> Iterator[bytes]:
+        """Check that the encoded stream ended where the body did (an empty body is empty)."""
+        if self._fed and (self._inflater is None or not self._inflater.eof):
+            raise self._broken("it ends early")
+        return iter(())
+
+    def _inflate(self, data: bytes) -> Iterator[bytes]:
+        inflater = self._inflater
+        assert inflater is not None
+        while True:
+            if inflater.eof:
+                # gzip allows several members one after the other; nothing else may follow.
+                if not data:
+                    return
+                if not self._gzip:
+                    raise self._broken("data after its end")
+                inflater = self._inflater = zlib.decompressobj(GZIP_WBITS)
+            try:
+                piece = inflater.decompress(data, CHUNK_BYTES)
+            except zlib.error as exc:
+                raise self._broken(str(exc)) from None
+            data = inflater.unused_data if inflater.eof else inflater.unconsumed_tail
+            if piece:
+                yield piece
+            if not data and len(piece) < CHUNK_BYTES:
+                return
+
+    def _broken(self, reason: str) -> ToolflowsError:
+        return ToolflowsError(
+            ErrorCode.DOWNLOAD_FAILED, f"the {self.encoding} body cannot be decoded: {reason}"
+        )
+
+
+class _Body:
+    """The decoded bytes of one response; raw bytes counted, as Content-Length counts them.
+
+    ``offset``: where in the file this response starts (a resumed one).
+    """
+
+    def __init__(
+        self, response: httpx.Response, decoder: _Decoder, watch: _Watch, *, offset: int
+    ) -> None:
+        self.response = response
+        self.decoder = decoder
+        self.watch = watch
+        self.offset = offset
+        self.received = 0
+        self._raw = response.aiter_raw()
+        self._pieces: Iterator[bytes] = iter(())
+        self._ended = False
+
+    async def next_piece(self) -> bytes | None:
+        """The next decoded piece, None at the end; awaits the network only when needed."""
+        while True:
+            piece = next(self._pieces, None)
+            if piece is not None:
+                return piece
+            if self._ended:
+                return None
+            raw = await anext(self._raw, None)
+            if raw is None:
+                self._ended = True
+                self._pieces = self.decoder.finish()
+                continue
+            self.received += len(raw)
+            self.watch.received(len(raw))
+            self._pieces = self.decoder.decode(raw)
+
+
 class _HashingWriter:
     """Hashes and stores a body, in order, in a thread of its own.
 
@@ -367,12 +683,13 @@ class _HashingWriter:
     on another core while the event loop receives the next bytes. Bytes queue
     in batches (at most ``WRITER_QUEUE``), so a slow store holds the receiving
     back instead of filling memory. A failure in the thread is a
-    ``DOWNLOAD_FAILED``, raised by the next ``write`` or by ``finish``.
+    ``DOWNLOAD_FAILED``, raised by the next hand-over or by ``finish``.
     """
 
-    def __init__(self, upload: Upload) -> None:
+    def __init__(self, upload: Upload, key: str) -> None:
         self.size = 0
         self._upload = upload
+        self._key = key
         self._digest = hashlib.sha256()
         self._batch: list[bytes] = []
         self._batch_bytes = 0
@@ -384,16 +701,25 @@ class _HashingWriter:
         """The hex digest; complete once ``finish`` has returned."""
         return self._digest.hexdigest()
 
-    async def write(self, chunk: bytes) -> None:
+    @property
+    def batch_full(self) -> bool:
+        """Time to ``hand_over``: the batch being filled has reached its size."""
+        return self._batch_bytes >= WRITER_BATCH_BYTES
+
+    def add(self, chunk: bytes) -> None:
+        """Append to the batch being filled (never waits)."""
         self.size += len(chunk)
         self._batch.append(chunk)
         self._batch_bytes += len(chunk)
-        if self._batch_bytes >= WRITER_BATCH_BYTES:
-            await self._hand_over()
+
+    async def write(self, chunk: bytes) -> None:
+        self.add(chunk)
+        if self.batch_full:
+            await self.hand_over()
 
     async def finish(self) -> None:
         """Wait until every byte written so far is hashed and stored."""
-        await self._hand_over()
+        await self.hand_over()
         self._queued.append(self._thread.submit(self._upload.flush))
         while self._queued:
             await self._settle_oldest()
@@ -409,7 +735,9 @@ class _HashingWriter:
             with anyio.CancelScope(shield=True):
                 await asyncio.wait(running)
 
-    async def _hand_over(self) -> None:
+    async def hand_over(self) -> None:
+        """Queue the batch for the thread, once the queue has room (this is where a slow
+        store holds the receiving back)."""
         while self._queued and (self._queued[0].done() or len(self._queued) >= WRITER_QUEUE):
             await self._settle_oldest()
         if self._batch:
@@ -421,9 +749,8 @@ class _HashingWriter:
         try:
             await asyncio.wrap_future(self._queued[0])
         except Exception as exc:
-            raise ToolflowsError(
-                ErrorCode.DOWNLOAD_FAILED, f"storing the file failed: {type(exc).__name__}: {exc}"
-            ) from exc
+            # The thread only hashes and stores: whatever it raised, storing failed.
+            raise storage_failure(self._key, exc) from exc
         self._queued.popleft()
 
     def _store(self, batch: list[bytes]) -> None:
@@ -446,13 +773,23 @@ def _accepts_ranges(response: httpx.Response) -> bool:
     return response.headers.get("accept-ranges", "").lower() == "bytes"
 
 
-async def _prepend(head: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    if head:
-        yield head
-    async for chunk in rest:
-        yield chunk
+def _continues_at(response: httpx.Response, offset: int, expected: int | None) -> bool:
+    """A 206 whose Content-Range starts at ``offset`` (of the same total, when known)."""
+    unit, _, span = response.headers.get("content-range", "").partition(" ")
+    first, _, total = span.partition("/")
+    start = first.partition("-")[0]
+    if unit.lower() != "bytes" or not start.isdigit() or int(start) != offset:
+        return False
+    return expected is None or total == "*" or total == str(expected)
 
 
-async def _chunks_of(data: bytes) -> AsyncIterator[bytes]:
-    for start in range(0, len(data), CHUNK_BYTES):
-        yield data[start : start + CHUNK_BYTES]
+def _is_zlib_header(data: bytes) -> bool:
+    """RFC 1950: deflate method, and the first two bytes a multiple of 31."""
+    return data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
+
+
+def _describe(exc: BaseException) -> str:
+    """A transport error named by its type (httpx messages are often empty)."""
+    if isinstance(exc, httpx.TransportError):
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return str(exc)

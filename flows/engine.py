@@ -186,7 +186,9 @@ async def _store_outputs(
         ]
         # A submit answer is never asked again (that would submit again).
         refresh_url = answer.url if answer.http_status else None
-        stored, warnings = await download_outputs(outputs, definition, job, refresh_url)
+        stored, warnings = await download_outputs(
+            outputs, definition, job, refresh_url, refresh_url_configured=answer.url_configured
+        )
         files += stored
     primary = files[0] if files else None
     return ToolResult(
@@ -218,7 +220,9 @@ async def _result_answer(
             return answer
         url = resolve_link(answer.url, link.value)
     get_run_logger().info("Fetching result of task %s", job.task_id)
-    return await paced(fetch_result, polling)(definition, job, url)
+    # Only the definition's resultUrl has its ${VAR} filled; a response_url is sent as sent.
+    configured = polling.result_url is not None
+    return await paced(fetch_result, polling)(definition, job, url, configured)
 
 
 def _cannot_poll(definition: MethodDefinition, job: SubmittedJob) -> ToolflowsError:

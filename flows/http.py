@@ -1,16 +1,21 @@
 """The HTTP side of a run: one pooled client, credentials kept home, errors named.
 
 Every request of a run goes through one ``ProviderSession``: it owns the only
-``httpx.AsyncClient`` of the run (pooled keep-alive connections, timeouts),
-follows redirects itself so configured headers never leave their origin
-(httpx strips only ``Authorization``), refuses unsafe URLs on every hop, and
-turns provider answers into ``ToolflowsError`` with the provider's own words.
+``httpx.AsyncClient`` of the run (pooled keep-alive connections on checked
+addresses, ``flows.transport``), fills ``${VAR}`` only in URLs the definition
+wrote, follows redirects itself so configured headers never leave their origin
+(httpx strips only ``Authorization``), refuses unsafe URLs on every hop, bounds
+each request's total time, and turns what goes wrong into ``ToolflowsError``
+with the provider's own words. Only transport errors (worth another try, the
+caller decides) leave it as httpx errors.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
@@ -19,13 +24,20 @@ from enum import Enum
 from typing import Any
 from urllib.parse import quote, quote_plus
 
-import httpcore
 import httpx
 
 from flows.core.errors import ErrorCode, ToolflowsError
 from flows.core.redact import Redactor
 from flows.core.templates import resolve_link, substitute_env
-from flows.core.urls import may_receive_credentials, unsafe_url_reason
+from flows.core.urls import may_receive_credentials, may_use_private_addresses, unsafe_url_reason
+from flows.transport import (
+    CheckedNetwork,
+    CheckedTransport,
+    ProviderResponse,
+    Resolver,
+    UnsafeAddress,
+    resolve_host,
+)
 
 CONNECT_TIMEOUT_SECONDS = 10.0
 # The run's pool. A batch keeps its requests in flight below it (``flows.batch``);
@@ -37,19 +49,16 @@ MAX_REDIRECTS = 10
 MAX_JSON_BYTES = 16 * 1024 * 1024
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 USER_AGENT = "toolflows/0.1 (+prefect)"
-# httpcore reads HTTP/1.1 bodies 64 KiB at a time (a class constant: httpx has no
-# setting for it). asyncio's transport receives up to 256 KiB per recv, so asking
-# for that much cuts the trips through anyio, httpcore and h11 per byte by 4
-# (1 GiB download: ~620 -> ~755 MiB/s). Process-wide, but only an upper bound:
-# a read returns what has already arrived, nothing is allocated at that size.
-httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = 256 * 1024
 
 
 class Credentials(Enum):
-    """Whether a request may carry the method's configured headers."""
+    """Where a request may carry the method's configured headers (SPEC §7)."""
 
-    ENDPOINT = "endpoint"  # submit, status, result, cancel: only to the endpoint's origin
-    NEVER = "never"  # downloads: output URLs never get credentials
+    # Submit, status, result, cancel: the endpoint's origin, and hosts in allowedHosts.
+    ENDPOINT_AND_ALLOWED_HOSTS = "endpoint-and-allowed-hosts"
+    # Outputs: the endpoint's origin only (Gemini serves its files there, key required);
+    # a download URL on another origin never gets them, allowedHosts or not.
+    ENDPOINT_ONLY = "endpoint-only"
 
 
 @dataclass
@@ -60,11 +69,10 @@ class ProviderSession:
     endpoint: str
     headers: dict[str, str]
     redact: Redactor
+    timeout: float
     placeholder_values: Mapping[str, str] = field(default_factory=dict)
     allowed_hosts: tuple[str, ...] = ()
-    allow_private: bool = field(
-        default_factory=lambda: os.environ.get("TOOLFLOWS_ALLOW_PRIVATE_URLS") == "1"
-    )
+    allow_private: bool = False
 
     @asynccontextmanager
     async def stream(
@@ -72,14 +80,31 @@ class ProviderSession:
         method: str,
         url: str,
         *,
-        credentials: Credentials = Credentials.ENDPOINT,
+        configured: bool = False,
+        credentials: Credentials = Credentials.ENDPOINT_AND_ALLOWED_HOSTS,
+        deadline: float | None = None,
         headers: Mapping[str, str] | None = None,
         **content: Any,
-    ) -> AsyncIterator[httpx.Response]:
-        """Send a request, following redirects safely; yield the open final response."""
-        response = await self._send_following_redirects(
-            method, url, credentials=credentials, headers=headers, content=content
-        )
+    ) -> AsyncIterator[ProviderResponse]:
+        """Send a request, following redirects safely; yield the open final response.
+
+        ``configured``: ``url`` is text the definition wrote (endpoint, a URL
+        template), so its ``${VAR}`` are filled; any other URL (a provider's
+        link, an output, a redirect) is sent as it is. The answer's head must
+        arrive within the method's timeout and before ``deadline`` (wall clock);
+        ``read_capped`` reads the body within what is left of that bound, while
+        a download reads it at its own pace.
+        """
+        read_by = self._bound(deadline)
+        async with _within(read_by, self.redact(url)):
+            response = await self._send_following_redirects(
+                method,
+                self._fill(url) if configured else url,
+                credentials=credentials,
+                headers=headers,
+                content=content,
+            )
+        response.read_by = read_by
         try:
             yield response
         finally:
@@ -90,16 +115,31 @@ class ProviderSession:
         method: str,
         url: str,
         *,
-        credentials: Credentials = Credentials.ENDPOINT,
+        configured: bool = False,
+        credentials: Credentials = Credentials.ENDPOINT_AND_ALLOWED_HOSTS,
+        deadline: float | None = None,
         headers: Mapping[str, str] | None = None,
         **content: Any,
-    ) -> httpx.Response:
-        """Send a request and read its body, capped at ``MAX_JSON_BYTES``."""
+    ) -> ProviderResponse:
+        """Send a request and read its body (capped at ``MAX_JSON_BYTES``), all in one bound."""
         async with self.stream(
-            method, url, credentials=credentials, headers=headers, **content
+            method,
+            url,
+            configured=configured,
+            credentials=credentials,
+            deadline=deadline,
+            headers=headers,
+            **content,
         ) as response:
             await read_capped(response, MAX_JSON_BYTES)
             return response
+
+    def _bound(self, deadline: float | None) -> float:
+        """When (event loop clock) a request must be over: the timeout, or the deadline."""
+        seconds = self.timeout
+        if deadline is not None:
+            seconds = min(seconds, deadline - time.time())
+        return asyncio.get_running_loop().time() + seconds
 
     async def _send_following_redirects(
         self,
@@ -109,14 +149,14 @@ class ProviderSession:
         credentials: Credentials,
         headers: Mapping[str, str] | None,
         content: dict[str, Any],
-    ) -> httpx.Response:
-        url = self.fill(url)
+    ) -> ProviderResponse:
+        # Once a hop may not have the credentials, no later hop has them: a CDN
+        # must not bounce the request back to the API to collect the key.
+        credentials_kept = True
         for _hop in range(MAX_REDIRECTS + 1):
-            self._refuse_unsafe(url)
-            request = self.client.build_request(
-                method, url, headers=self._headers_for(url, credentials, headers), **content
-            )
-            response = await self.client.send(request, stream=True, follow_redirects=False)
+            url = self._checked(url)
+            credentials_kept = credentials_kept and self._may_have_credentials(url, credentials)
+            response = await self._send(method, url, credentials_kept, headers, content)
             location = response.headers.get("location")
             if not (response.is_redirect and location):
                 return response
@@ -130,26 +170,67 @@ class ProviderSession:
             ErrorCode.HTTP_ERROR, f"more than {MAX_REDIRECTS} redirects from {self.redact(url)}"
         )
 
-    def _headers_for(
-        self, url: str, credentials: Credentials, extra: Mapping[str, str] | None
-    ) -> dict[str, str]:
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        with_credentials: bool,
+        extra_headers: Mapping[str, str] | None,
+        content: dict[str, Any],
+    ) -> ProviderResponse:
+        """One hop; what cannot be sent at all is a ToolflowsError, never a retry."""
         headers = {"User-Agent": USER_AGENT}
-        if credentials is Credentials.ENDPOINT and may_receive_credentials(
-            url, endpoint=self.endpoint, allowed_hosts=self.allowed_hosts
-        ):
+        if with_credentials:
             headers.update(self.headers)
-        if extra:
-            headers.update(extra)
-        return headers
-
-    def _refuse_unsafe(self, url: str) -> None:
-        reason = unsafe_url_reason(url, endpoint=self.endpoint, allow_private=self.allow_private)
-        if reason:
+        if extra_headers:
+            headers.update(extra_headers)
+        try:
+            request = self.client.build_request(method, url, headers=headers, **content)
+            response = await self.client.send(request, stream=True, follow_redirects=False)
+        except UnsafeAddress as exc:
+            raise self._refusal(url, str(exc)) from None
+        except (httpx.InvalidURL, httpx.LocalProtocolError, httpx.UnsupportedProtocol) as exc:
+            # Nothing went out (h11 refused our own request): sending it again cannot help.
             raise ToolflowsError(
-                ErrorCode.HTTP_ERROR, f"refusing to fetch {self.redact(url)}: {reason}"
-            )
+                ErrorCode.HTTP_ERROR,
+                f"cannot send the request to {self.redact(url)}: {self.redact(str(exc))}",
+            ) from None
+        except UnicodeEncodeError:
+            raise ToolflowsError(
+                ErrorCode.CONFIG_INVALID,
+                f"cannot send the request to {self.redact(url)}: a header value is not ASCII",
+            ) from None
+        assert isinstance(response, ProviderResponse)  # the run's client has our transport
+        return response
 
-    def fill(self, url: str) -> str:
+    def _checked(self, url: str) -> str:
+        """``url`` as httpx will send it, refused here unless it is safe to fetch.
+
+        The checks read httpx's own parse of the URL, so no parser difference
+        (userinfo, backslashes, control characters) can make the check and the
+        request see two different hosts.
+        """
+        try:
+            parsed = str(httpx.URL(url))
+        except httpx.InvalidURL as exc:
+            raise self._refusal(url, f"not a valid URL ({exc})") from None
+        reason = unsafe_url_reason(parsed, endpoint=self.endpoint, allow_private=self.allow_private)
+        if reason:
+            raise self._refusal(parsed, reason)
+        return parsed
+
+    def _may_have_credentials(self, url: str, credentials: Credentials) -> bool:
+        allowed_hosts = (
+            self.allowed_hosts if credentials is Credentials.ENDPOINT_AND_ALLOWED_HOSTS else ()
+        )
+        return may_receive_credentials(url, endpoint=self.endpoint, allowed_hosts=allowed_hosts)
+
+    def _refusal(self, url: str, reason: str) -> ToolflowsError:
+        return ToolflowsError(
+            ErrorCode.HTTP_ERROR, f"refusing to fetch {self.redact(url)!r}: {reason}"
+        )
+
+    def _fill(self, url: str) -> str:
         """Resolve ``${VAR}`` at send time, so persisted URLs never hold the secret."""
         return substitute_env(url, self.placeholder_values) if "${" in url else url
 
@@ -167,6 +248,24 @@ class ProviderSession:
         return url
 
 
+@asynccontextmanager
+async def _within(read_by: float | None, where: str) -> AsyncIterator[None]:
+    """Bound what happens inside to ``read_by`` (loop clock); past it, a ``ReadTimeout``.
+
+    A timeout, like the per-read timeouts of httpx: a status check tries again,
+    a submit is not sent again.
+    """
+    try:
+        async with asyncio.timeout_at(read_by) as bound:
+            yield
+    except TimeoutError:
+        if not bound.expired():
+            raise
+        raise httpx.ReadTimeout(
+            f"no complete answer from {where} within the request's time bound"
+        ) from None
+
+
 _current_session: ContextVar[ProviderSession] = ContextVar("toolflows_provider_session")
 
 
@@ -179,17 +278,26 @@ async def provider_session(
     redact: Redactor,
     allowed_hosts: tuple[str, ...] = (),
     placeholder_values: Mapping[str, str] | None = None,
+    resolve: Resolver = resolve_host,
 ) -> AsyncIterator[ProviderSession]:
     """Open the run's one pooled client and make it the current session.
 
     Tasks awaited inside the block find it with ``current_session()``; a run
     never builds a client per request (30x the CPU per status check).
+    ``endpoint`` is the endpoint as sent (``${VAR}`` filled): its origin gets
+    the credentials, its host may be private. ``resolve`` looks host names up
+    (once per new connection).
     """
+    allow_private = os.environ.get("TOOLFLOWS_ALLOW_PRIVATE_URLS") == "1"
+    network = CheckedNetwork(
+        private_allowed=lambda host: may_use_private_addresses(
+            host, endpoint=endpoint, allow_private=allow_private
+        ),
+        resolve=resolve,
+    )
     client = httpx.AsyncClient(
         timeout=httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT_SECONDS, timeout)),
-        limits=httpx.Limits(
-            max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS
-        ),
+        transport=CheckedTransport(network, max_connections=MAX_CONNECTIONS),
         follow_redirects=False,
     )
     session = ProviderSession(
@@ -197,8 +305,10 @@ async def provider_session(
         endpoint=endpoint,
         headers=dict(headers),
         redact=redact,
+        timeout=timeout,
         allowed_hosts=allowed_hosts,
         placeholder_values=placeholder_values or {},
+        allow_private=allow_private,
     )
     async with client:
         with using_session(session):
@@ -225,29 +335,43 @@ def current_session() -> ProviderSession:
         ) from None
 
 
-async def read_capped(response: httpx.Response, limit: int) -> bytes:
-    """Read a body into ``response.content``, refusing one larger than ``limit``."""
+async def read_capped(response: ProviderResponse, limit: int) -> bytes:
+    """Read the body into ``response.content``, refusing one larger than ``limit``.
+
+    Within the time bound of the request that opened it: a body that drips a
+    byte a second never ends otherwise (httpx's timeout is per read). A body
+    that cannot be decoded (a broken gzip stream) is an HTTP_ERROR.
+    """
+    host = response.url.host
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise ToolflowsError(
             ErrorCode.HTTP_ERROR,
-            f"answer of {declared} bytes from {response.url.host} exceeds the {limit}-byte limit",
+            f"answer of {declared} bytes from {host} exceeds the {limit}-byte limit",
             http_status=response.status_code,
         )
     chunks = []
     size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > limit:
+    async with _within(response.read_by, host):
+        try:
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > limit:
+                    raise ToolflowsError(
+                        ErrorCode.HTTP_ERROR,
+                        f"answer from {host} exceeds the {limit}-byte limit",
+                        http_status=response.status_code,
+                    )
+                chunks.append(chunk)
+        except httpx.DecodingError as exc:
+            encoding = response.headers.get("content-encoding", "none")
             raise ToolflowsError(
                 ErrorCode.HTTP_ERROR,
-                f"answer from {response.url.host} exceeds the {limit}-byte limit",
+                f"answer from {host} cannot be decoded (content-encoding {encoding}): {exc}",
                 http_status=response.status_code,
-            )
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    response._content = body
-    return body
+            ) from None
+    response.body = b"".join(chunks)
+    return response.body
 
 
 def is_transient_status(status_code: int) -> bool:
@@ -264,13 +388,19 @@ def is_file_response(response: httpx.Response) -> bool:
 
 
 def parse_json(response: httpx.Response, *, what: str, task_id: str | None = None) -> Any:
-    """The body as JSON; an empty body is None; garbage names what was expected."""
+    """The body as JSON, scrubbed of the run's secrets; an empty body is None; garbage names
+    what was expected.
+
+    Scrubbed here, where every provider payload enters, so that no echoed credential
+    reaches the result, persisted task results, logs, artifacts or events.
+    """
+    redact = current_session().redact
     if not response.content.strip():
         return None
     try:
-        return json.loads(response.content)
+        payload = json.loads(response.content)
     except (ValueError, UnicodeDecodeError, RecursionError):
-        snippet = response.content[:120].decode("utf-8", "replace")
+        snippet = redact.secrets_out(response.content.decode("utf-8", "replace"))[:120]
         raise ToolflowsError(
             ErrorCode.HTTP_ERROR,
             f"expected a JSON {what} from {response.url.host}, got "
@@ -278,6 +408,7 @@ def parse_json(response: httpx.Response, *, what: str, task_id: str | None = Non
             task_id=task_id,
             http_status=response.status_code,
         ) from None
+    return redact.scrub(payload)
 
 
 def provider_message(response: httpx.Response) -> str:

@@ -4,6 +4,10 @@ A method is named by a block name, ``inventoryKey/name`` or a definition file,
 or given inline. ``prepare_method`` checks everything a run needs (enabled,
 params valid against ``requestSchema``, every ``${VAR}`` resolvable) so that a
 wrong config fails with ``CONFIG_INVALID`` before the paid submit.
+
+Prefect is imported only where a block must be read (a method or a Secret by
+name): importing it takes seconds, and the CLI checks a definition file whose
+``${VAR}`` are set before any of that, so a wrong config fails at once.
 """
 
 from __future__ import annotations
@@ -18,9 +22,7 @@ from typing import Any
 
 import jsonschema
 import yaml
-from prefect.blocks.system import Secret
 
-from blocks import ToolMethod
 from flows.core.definition import MethodDefinition, parse_definition, slugify
 from flows.core.errors import ErrorCode, ToolflowsError
 from flows.core.redact import Redactor
@@ -106,6 +108,8 @@ async def load_method(method: str | dict[str, Any] | MethodDefinition) -> Method
                 f"{method} holds {len(definitions)} definitions; register them and run one by name",
             )
         return definitions[0]
+    from blocks import ToolMethod
+
     name = block_name_for(method)
     try:
         block = await ToolMethod.aload(name)
@@ -194,6 +198,8 @@ async def _resolve_placeholders(definition: MethodDefinition) -> dict[str, str]:
         if name in os.environ:
             values[name] = os.environ[name]
             continue
+        from prefect.blocks.system import Secret
+
         try:
             secret = await Secret.aload(slugify(name))
         except ValueError:

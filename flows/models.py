@@ -18,6 +18,17 @@ class CamelModel(BaseModel):
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Read back a result an older toolflows persisted (pickled): a field added
+        since gets its default, so an upgrade between a crash and its rerun still
+        resumes the paid job."""
+        defaults = {
+            name: field.get_default(call_default_factory=True)
+            for name, field in type(self).model_fields.items()
+            if not field.is_required()
+        }
+        super().__setstate__({**state, "__dict__": {**defaults, **state["__dict__"]}})
+
 
 class StoredFile(CamelModel):
     """A downloaded output, persisted in result storage: a reference, never the bytes."""
@@ -78,8 +89,23 @@ class SubmittedJob(CamelModel):
     payload: Any = None
     payload_url: str = Field(description="URL that answered; relative links resolve against it.")
     status_url: str | None = None
-    cancel_url: str | None = None
+    status_url_configured: bool = Field(
+        False,
+        description="The status URL is the definition's statusUrl template, whose ${VAR} are "
+        "filled when it is sent; a link the provider sent never is.",
+    )
+    cancel_url: str | None = Field(
+        None, description="The cancel link the provider sent (sent as it is, never filled)."
+    )
     files: list[StoredFile] = Field(default_factory=list)
+    method: str | None = Field(
+        None,
+        description="inventoryKey/name of the method: which of a run's methods (and "
+        "credentials) a job needs when it is cancelled from persisted state.",
+    )
+    params: dict[str, Any] | None = Field(
+        None, description="The params sent ({params.X} of a cancelUrl after the run is gone)."
+    )
 
 
 class ErrorResult(CamelModel):

@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import httpx
 from prefect import Task, task
@@ -36,6 +37,7 @@ from flows.core.detection import (
     find_progress,
 )
 from flows.core.errors import ErrorCode, ToolflowsError
+from flows.core.redact import display_text
 from flows.download import file_target, store_body
 from flows.http import (
     current_session,
@@ -47,6 +49,8 @@ from flows.http import (
 )
 from flows.models import StoredFile, SubmittedJob
 from flows.reporting import JobJournal, current_journal, report_status
+
+T = TypeVar("T")
 
 ERROR_BODY_BYTES = 64 * 1024
 JSON_BODY_BYTES = 16 * 1024 * 1024
@@ -68,6 +72,8 @@ class Answer:
     url: str
     http_status: int = 200
     files: tuple[StoredFile, ...] = ()
+    # ``url`` is the definition's own template (asked again, its ``${VAR}`` are filled).
+    url_configured: bool = False
 
 
 async def pace_next_check(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
@@ -93,12 +99,28 @@ def schedule_of(polling: PollingConfig) -> PollSchedule:
     )
 
 
-def paced(step: Task[..., Any], polling: PollingConfig) -> Task[..., Any]:
-    """This run's copy of a polling task, with attempts enough to reach the deadline."""
+def paced(step: Task[..., T], polling: PollingConfig) -> Callable[..., Awaitable[T]]:
+    """Run a polling task (``check_status``, ``fetch_result``) until the job's wait ends.
+
+    Its retries are sized for the schedule's planned checks, but only the
+    deadline ends a wait: when jitter, transient errors or a schedule longer
+    than is counted use them up first, the checks go on in a new task run,
+    numbered on from the last one.
+    """
     planned = schedule_of(polling).planned_polls()
-    # Jitter and transient errors add attempts; the deadline is the real limit.
-    attempts = int(planned * (1 + polling.jitter)) * 2 + 20
-    return step.with_options(retries=attempts, retry_condition_fn=pace_next_check)
+    retries = int(planned * (1 + polling.jitter)) * 2 + 20
+    copy = step.with_options(retries=retries, retry_condition_fn=pace_next_check)
+
+    async def run(method: MethodDefinition, job: SubmittedJob, *args: Any) -> T:
+        checks_made = 0
+        while True:
+            try:
+                return await copy(method, job, *args, checks_made=checks_made)
+            except CheckAgain as again:
+                checks_made += retries + 1
+                await asyncio.sleep(again.delay)
+
+    return run
 
 
 @dataclass(frozen=True)
@@ -141,21 +163,28 @@ def pace_of(method: MethodDefinition, job: SubmittedJob, attempt: int) -> Pace:
     )
 
 
-def _pace(method: MethodDefinition, job: SubmittedJob) -> Pace:
-    """The pace of this task attempt: its run count is the check's number."""
+def _pace(method: MethodDefinition, job: SubmittedJob, checks_made: int) -> Pace:
+    """The pace of this task attempt: its run count numbers the check, after earlier runs'."""
     context = TaskRunContext.get()
-    return pace_of(method, job, context.task_run.run_count if context else 1)
+    return pace_of(method, job, checks_made + (context.task_run.run_count if context else 1))
 
 
 @task(
     name="Check job status",
-    # Each check is new; a cache key per attempt would only cost hashing the inputs.
+    # Each check is new; a cache key per attempt would only cost hashing the inputs,
+    # and a rerun checks again: persisting answers of up to 16 MiB would buy nothing.
     cache_policy=NO_CACHE,
+    persist_result=False,
     description="One status request; retried on the backoff schedule until the job ends.",
 )
-async def check_status(method: MethodDefinition, job: SubmittedJob) -> tuple[JobStatus, Answer]:
-    """Check the job once: return its success, raise its failure, ``CheckAgain`` while pending."""
-    pace = _pace(method, job)
+async def check_status(
+    method: MethodDefinition, job: SubmittedJob, checks_made: int = 0
+) -> tuple[JobStatus, Answer]:
+    """Check the job once: return its success, raise its failure, ``CheckAgain`` while pending.
+
+    ``checks_made``: checks of earlier task runs of this wait (see ``paced``).
+    """
+    pace = _pace(method, job, checks_made)
     if pace.attempt == 1:
         # The first check, like every later one, waits its delay after the submit.
         first_check_at = job.submitted_at + pace.schedule.base_delay(1)
@@ -187,11 +216,18 @@ async def check_once(
         pace.schedule.planned_polls(),
         session.redact(status_url),
     )
-    answer = await fetch_answer(method, job, status_url, what="status check", pace=pace)
+    answer = await fetch_answer(
+        method,
+        job,
+        status_url,
+        what="status check",
+        pace=pace,
+        configured=job.status_url_configured,
+    )
     status = status_of(answer, method.adapter_config.polling)
     label = status.value or status.state.value
     if not in_batch or journal is None or journal.last_status != label:
-        logger.info("Task %s status: %s", job.task_id, label)
+        logger.info("Task %s status: %s", display_text(job.task_id or ""), label)
     await report_status(journal, status, find_progress(answer.payload))
     if status.state is JobState.PENDING:
         pace.check_again(f"status {status.value or 'pending'}", last_status=status.value)
@@ -203,12 +239,26 @@ async def check_once(
 @task(
     name="Fetch job result",
     cache_policy=NO_CACHE,
+    persist_result=False,
     description="The result request after success (resultUrl, or FAL's response_url).",
 )
-async def fetch_result(method: MethodDefinition, job: SubmittedJob, url: str) -> Answer:
-    """GET the result; transient errors are retried like status checks."""
+async def fetch_result(
+    method: MethodDefinition,
+    job: SubmittedJob,
+    url: str,
+    configured: bool = False,
+    checks_made: int = 0,
+) -> Answer:
+    """GET the result; transient errors are retried like status checks.
+
+    ``configured``: ``url`` is the definition's ``resultUrl`` (its ``${VAR}``
+    are filled), not the provider's ``response_url``.
+    """
     current_session()
-    return await fetch_answer(method, job, url, what="result request", pace=_pace(method, job))
+    pace = _pace(method, job, checks_made)
+    return await fetch_answer(
+        method, job, url, what="result request", pace=pace, configured=configured
+    )
 
 
 def status_of(answer: Answer, polling: PollingConfig) -> JobStatus:
@@ -250,12 +300,26 @@ def raise_if_unsuccessful(status: JobStatus, task_id: str | None) -> None:
 
 
 async def fetch_answer(
-    method: MethodDefinition, job: SubmittedJob, url: str, *, what: str, pace: Pace
+    method: MethodDefinition,
+    job: SubmittedJob,
+    url: str,
+    *,
+    what: str,
+    pace: Pace,
+    configured: bool,
 ) -> Answer:
-    """GET a status/result URL: JSON, or a file body stored; transient trouble checks again."""
+    """GET a status/result URL: JSON, or a file body stored; transient trouble checks again.
+
+    ``configured``: the URL is the definition's template (its ``${VAR}`` are
+    filled), not a link the provider sent. The request, JSON body included, is
+    bounded by the method's timeout and by the job's deadline, so a body that
+    drips cannot hold the run past it.
+    """
     session = current_session()
     try:
-        async with session.stream("GET", url) as response:
+        async with session.stream(
+            "GET", url, configured=configured, deadline=pace.deadline
+        ) as response:
             if is_transient_status(response.status_code):
                 await read_capped(response, ERROR_BODY_BYTES)
                 pace.check_again(
@@ -269,12 +333,17 @@ async def fetch_answer(
                 target = await file_target(
                     method=method, task_id=job.task_id or "job", deadline=pace.deadline
                 )
-                stored = await store_body(response, target, index=0)
+                # The URL that answered, secrets filled in: fetched again as it is.
+                stored = await store_body(response, target, index=0, refetch_url=str(response.url))
                 return Answer(payload=None, url=session.url_of(response), files=(stored,))
             await read_capped(response, JSON_BODY_BYTES)
             payload = parse_json(response, what=f"{what} answer", task_id=job.task_id)
+            answered_by = session.url_of(response)
             return Answer(
-                payload=payload, url=session.url_of(response), http_status=response.status_code
+                payload=payload,
+                url=answered_by,
+                http_status=response.status_code,
+                url_configured=configured and answered_by == url,
             )
     except httpx.TransportError as exc:
         pace.check_again(f"{what} failed ({type(exc).__name__})")

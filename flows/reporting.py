@@ -7,11 +7,14 @@ event that automations can chain on. A batch shows one table (a row per job)
 instead of an artifact per job and per file: a thousand of those would cost
 the run as much as its status checks, and bury each other in the UI. None of
 them carries a secret: messages are already redacted and file URIs are
-storage references.
+storage references. Job ids and statuses come from the provider: they are shown
+cut and with their controls escaped (``display_text``), and markdown-escaped in
+the summary, so that no answer can forge its table or slip a link into it.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,10 +36,12 @@ from prefect.events import emit_event
 from flows.core.definition import MethodDefinition
 from flows.core.detection import JobStatus, Progress
 from flows.core.errors import ToolflowsError
+from flows.core.redact import display_text
 from flows.models import BatchResult, ToolResult
 
 COMPLETED_EVENT = "toolflows.job.completed"
 FAILED_EVENT = "toolflows.job.failed"
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#|!])")
 
 
 @dataclass(frozen=True)
@@ -112,7 +117,8 @@ async def report_status(
 
 
 def _progress_text(journal: JobJournal, status: JobStatus, progress: Progress) -> str:
-    text = f"{journal.method.qualified_name} job {journal.task_id}: {status.value or 'pending'}"
+    shown_status = _shown(status.value or "pending")
+    text = f"{journal.method.qualified_name} job {_shown(journal.task_id)}: {shown_status}"
     if progress.queue_position is not None:
         text += f", position {progress.queue_position} in the provider's queue"
     return text
@@ -129,12 +135,12 @@ async def publish_success(result: ToolResult, journal: JobJournal) -> None:
             link=stored.uri,
             link_text=stored.filename,
             description=f"{stored.filename}: {stored.mimetype}, {stored.size} bytes, from "
-            f"{result.method} job {result.task_id} (sha256 {stored.sha256})",
+            f"{result.method} job {_shown(result.task_id)} (sha256 {stored.sha256})",
         )
     await _publish_outcome(
         journal,
         summary=_summary(journal, "success", result=result),
-        description=f"{result.method} job {result.task_id}",
+        description=f"{result.method} job {_shown(result.task_id)}",
         event=COMPLETED_EVENT,
         details={
             "files": [
@@ -158,7 +164,7 @@ async def publish_failure(error: ToolflowsError, journal: JobJournal) -> None:
     await _publish_outcome(
         journal,
         summary=_summary(journal, "error", error=error),
-        description=f"{journal.method.qualified_name} job {journal.task_id}: {error.code}",
+        description=f"{journal.method.qualified_name} job {_shown(journal.task_id)}: {error.code}",
         event=FAILED_EVENT,
         details={"error": error.to_dict()},
     )
@@ -178,7 +184,7 @@ async def _publish_outcome(
         related=[_method_resource(journal.method)],
         payload={
             "method": journal.method.qualified_name,
-            "taskId": journal.task_id,
+            "taskId": _shown(journal.task_id),
             **details,
         },
     )
@@ -192,7 +198,7 @@ async def publish_batch(method: MethodDefinition, batch: BatchResult) -> None:
         if isinstance(item, ToolResult):
             primary = item.files[0] if item.files else None
             row |= {
-                "job id": item.task_id,
+                "job id": _shown(item.task_id),
                 "outcome": "success",
                 "file": primary.uri if primary else "",
                 "size": primary.size if primary else "",
@@ -200,7 +206,7 @@ async def publish_batch(method: MethodDefinition, batch: BatchResult) -> None:
             }
         else:
             row |= {
-                "job id": item.error.get("taskId"),
+                "job id": _shown(item.error.get("taskId")),
                 "outcome": "error",
                 "file": "",
                 "size": "",
@@ -216,11 +222,12 @@ async def publish_batch(method: MethodDefinition, batch: BatchResult) -> None:
 
 
 def _job_resource(journal: JobJournal) -> dict[str, str]:
+    task_id = _shown(str(journal.task_id))
     return {
-        "prefect.resource.id": f"toolflows.job.{journal.method.slug}.{journal.task_id}",
-        "prefect.resource.name": f"{journal.method.qualified_name} {journal.task_id}",
+        "prefect.resource.id": f"toolflows.job.{journal.method.slug}.{task_id}",
+        "prefect.resource.name": f"{journal.method.qualified_name} {task_id}",
         "toolflows.method": journal.method.qualified_name,
-        "toolflows.task-id": str(journal.task_id),
+        "toolflows.task-id": task_id,
     }
 
 
@@ -243,13 +250,13 @@ def _summary(
     result: ToolResult | None = None,
     error: ToolflowsError | None = None,
 ) -> str:
-    verdict = f"**{outcome}**" + (f" ({error.code}: {error.message})" if error else "")
+    verdict = f"**{outcome}**" + (f" ({error.code}: {_cell(error.message)})" if error else "")
     lines = [
         f"# {journal.method.qualified_name}",
         "",
         "| | |",
         "|---|---|",
-        f"| Job id | `{journal.task_id}` |",
+        f"| Job id | {_cell(journal.task_id)} |",
         f"| Outcome | {verdict} |",
         f"| Status checks | {journal.checks} |",
         f"| Elapsed | {time.time() - journal.started_at:.1f} s |",
@@ -265,7 +272,7 @@ def _summary(
         if (entry.status, progress) == previous:
             continue
         previous = (entry.status, progress)
-        lines.append(f"| {_clock(entry.at)} | {entry.status} | {progress} |")
+        lines.append(f"| {_clock(entry.at)} | {_cell(entry.status)} | {progress} |")
     if result is not None:
         lines += [
             "",
@@ -275,11 +282,22 @@ def _summary(
             "|---|---|---|---|---|",
         ]
         lines += [
-            f"| {f.filename} | {f.mimetype} | {f.size} | `{f.sha256[:16]}…` | {f.uri} |"
+            f"| {_cell(f.filename)} | {f.mimetype} | {f.size} | `{f.sha256[:16]}…` | {f.uri} |"
             for f in result.files
         ]
-        lines += [f"- warning {w.code}: {w.message}" for w in result.warnings]
+        lines += [f"- warning {w.code}: {_cell(w.message)}" for w in result.warnings]
     return "\n".join(lines)
+
+
+def _shown(text: str | None) -> str | None:
+    """Provider text (a job id, a status) as it may be shown in Prefect."""
+    return None if text is None else display_text(text)
+
+
+def _cell(text: str | None) -> str:
+    """Provider text in the summary's markdown: on one line, every markdown character escaped."""
+    shown = display_text(str(text)).replace("\n", " ").replace("\t", " ")
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", shown)
 
 
 def _progress_cell(progress: Progress | None) -> str:

@@ -152,6 +152,7 @@ async def status_rounds(method: MethodDefinition) -> AsyncIterator[StatusRounds]
 @task(
     name="Check job statuses",
     cache_policy=NO_CACHE,
+    persist_result=False,
     description="A round of a batch's status checks; retried until every job has ended.",
 )
 async def check_round(rounds: StatusRounds) -> None:

@@ -12,15 +12,19 @@ size) and published atomically: readers see the whole file or nothing.
 
 Stored files carry the name of the block they live in, so they can be read
 back (and presigned) later from any process that can load that block.
+
+Whatever the store refuses (a disk error, a name too long, S3 AccessDenied) is a
+``DOWNLOAD_FAILED`` naming the key: only ``ToolflowsError`` leaves the engine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import unquote, urlsplit
@@ -28,17 +32,44 @@ from urllib.parse import unquote, urlsplit
 import anyio
 import anyio.to_thread
 from prefect.blocks.core import Block
+from prefect.context import FlowRunContext
 from prefect.filesystems import LocalFileSystem, RemoteFileSystem, WritableFileSystem
 from prefect.results import aget_default_result_storage, aresolve_result_storage, get_result_store
+from prefect.settings import PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from flows.core.errors import ErrorCode, ToolflowsError
+
+try:  # prefect-aws is what S3 storage needs; without it, S3 is simply not offered.
+    from botocore.exceptions import BotoCoreError, ClientError
+    from prefect_aws import S3Bucket
+
+    _S3_ERRORS: tuple[type[Exception], ...] = (BotoCoreError, ClientError)
+except ImportError:  # pragma: no cover - prefect-aws is a dependency
+    S3Bucket = None
+    _S3_ERRORS = ()
 
 # S3 needs parts of at least 5 MiB (but the last); 8 MiB bounds memory per upload.
 S3_PART_BYTES = 8 * 1024 * 1024
 # Parts uploading at once while the next one fills: two took moto 20 % more bytes
 # per second than one; each costs a part's worth of memory.
 S3_PARTS_IN_FLIGHT = 2
+
+
+def storage_failure(key: str, error: BaseException) -> ToolflowsError:
+    """The DOWNLOAD_FAILED of a store that refused ``key`` (disk, permissions, S3)."""
+    return ToolflowsError(
+        ErrorCode.DOWNLOAD_FAILED, f"storing {key} failed: {type(error).__name__}: {error}"
+    )
+
+
+@contextmanager
+def _refusals_as_download_failed(key: str) -> Iterator[None]:
+    """OSError (local and fsspec stores) and botocore errors become ``storage_failure``."""
+    try:
+        yield
+    except (OSError, *_S3_ERRORS) as exc:
+        raise storage_failure(key, exc) from exc
 
 
 class Upload(Protocol):
@@ -83,19 +114,22 @@ class LocalFileStore:
 
     @asynccontextmanager
     async def upload(self, key: str) -> AsyncIterator[Upload]:
-        final = self.path_for(key)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        partial = final.with_name(f".{final.name}.{uuid.uuid4().hex}.part")
-        with partial.open("wb") as handle:
-            try:
+        with _refusals_as_download_failed(key):
+            final = self.path_for(key)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            partial = final.with_name(f".{final.name}.{uuid.uuid4().hex}.part")
+            handle = partial.open("wb")
+        try:
+            with handle:
                 # No fsync: the rename is what makes publishing atomic, and
                 # forcing a multi-GB file to disk would halve the throughput.
                 yield _FileUpload(handle)
-            except BaseException:
-                handle.close()
+            with _refusals_as_download_failed(key):
+                os.replace(partial, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
                 partial.unlink(missing_ok=True)
-                raise
-        os.replace(partial, final)
+            raise
 
 
 class _FileUpload:
@@ -124,21 +158,26 @@ class S3FileStore:
         return self._client
 
     def object_key(self, key: str) -> str:
-        return self.bucket._resolve_path(key)
+        """``key`` inside the block's ``bucket_folder``, if it has one."""
+        folder = self.bucket.bucket_folder.strip("/")
+        return f"{folder}/{key}" if folder else key
 
     def uri_for(self, key: str) -> str:
         return f"s3://{self.bucket.bucket_name}/{self.object_key(key)}"
 
     @asynccontextmanager
     async def upload(self, key: str) -> AsyncIterator[Upload]:
-        upload = _S3MultipartUpload(self.client, self.bucket.bucket_name, self.object_key(key))
-        await anyio.to_thread.run_sync(upload.start)
+        with _refusals_as_download_failed(key):
+            upload = _S3MultipartUpload(self.client, self.bucket.bucket_name, self.object_key(key))
+            await anyio.to_thread.run_sync(upload.start)
         try:
             yield upload
-            await anyio.to_thread.run_sync(upload.complete)
+            with _refusals_as_download_failed(key):
+                await anyio.to_thread.run_sync(upload.complete)
         except BaseException:
             # Shielded: a cancelled run must still abort, or its parts stay billed.
-            with anyio.CancelScope(shield=True):
+            # An abort refused too must not hide why the upload failed.
+            with anyio.CancelScope(shield=True), contextlib.suppress(*_S3_ERRORS):
                 await anyio.to_thread.run_sync(upload.abort)
             raise
 
@@ -229,19 +268,21 @@ class FsspecFileStore:
 
     @asynccontextmanager
     async def upload(self, key: str) -> AsyncIterator[Upload]:
-        filesystem = self.storage.filesystem
         final = self.uri_for(key)
         partial = f"{final}.{uuid.uuid4().hex}.part"
-        parent = final.rsplit("/", 1)[0]
-        filesystem.makedirs(parent, exist_ok=True)
-        with filesystem.open(partial, "wb") as handle:
-            try:
+        with _refusals_as_download_failed(key):
+            filesystem = self.storage.filesystem
+            filesystem.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
+            handle = filesystem.open(partial, "wb")
+        try:
+            with handle:
                 yield _FileUpload(handle)
-            except BaseException:
-                handle.close()
+            with _refusals_as_download_failed(key):
+                filesystem.mv(partial, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
                 filesystem.rm(partial)
-                raise
-        filesystem.mv(partial, final)
+            raise
 
 
 async def resolve_file_store(storage_block: str | None) -> FileStore:
@@ -253,20 +294,19 @@ async def resolve_file_store(storage_block: str | None) -> FileStore:
             raise ToolflowsError(
                 ErrorCode.CONFIG_INVALID, f"adapterConfig.storage: no block {storage_block!r}"
             ) from exc
-    else:
-        storage = get_result_store().result_storage or await aget_default_result_storage()
-    return file_store_for(storage)
+        return file_store_for(storage, storage_block)
+    storage = get_result_store().result_storage or await aget_default_result_storage()
+    return file_store_for(storage, _result_storage_name())
 
 
-def file_store_for(storage: WritableFileSystem) -> FileStore:
-    """The file store writing into a Prefect storage block."""
-    name = _block_name(storage)
+def file_store_for(storage: WritableFileSystem, block_name: str | None = None) -> FileStore:
+    """The file store writing into a Prefect storage block saved as ``block_name``."""
     if isinstance(storage, LocalFileSystem):
-        return LocalFileStore(storage.basepath or ".", name)
-    if type(storage).__name__ == "S3Bucket":
-        return S3FileStore(storage, name)
+        return LocalFileStore(storage.basepath or ".", block_name)
+    if S3Bucket is not None and isinstance(storage, S3Bucket):
+        return S3FileStore(storage, block_name)
     if isinstance(storage, RemoteFileSystem):
-        return FsspecFileStore(storage, name)
+        return FsspecFileStore(storage, block_name)
     raise ToolflowsError(
         ErrorCode.CONFIG_INVALID,
         f"result storage {type(storage).__name__} cannot store files yet: use a local, "
@@ -274,12 +314,17 @@ def file_store_for(storage: WritableFileSystem) -> FileStore:
     )
 
 
-def _block_name(storage: Block) -> str | None:
-    """``<block-type-slug>/<document-name>`` of a saved block, to load it again."""
-    name = getattr(storage, "_block_document_name", None)
-    if not name or getattr(storage, "_is_anonymous", False):
-        return None
-    return f"{storage.get_block_type_slug()}/{name}"
+def _result_storage_name() -> str | None:
+    """The ``<block-type-slug>/<name>`` the run's result storage was configured by.
+
+    The flow's ``result_storage`` when given by name, else Prefect's default
+    setting; None for a block object or the embedded local default.
+    """
+    context = FlowRunContext.get()
+    configured = context.flow.result_storage if context and context.flow else None
+    if configured is None:
+        return PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK.value()
+    return configured if isinstance(configured, str) else None
 
 
 def open_stored(uri: str, block_name: str | None = None) -> BinaryIO:

@@ -9,37 +9,73 @@ attempt the request is re-sent only when it provably never reached the server
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
-import mimetypes
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import httpx
 from prefect import task
-from prefect.context import FlowRunContext
+from prefect.cache_policies import CachePolicy
+from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging import get_run_logger
 
 from flows.core.backoff import parse_retry_after
 from flows.core.definition import MethodDefinition
 from flows.core.detection import find_cancel_link, find_status_link, find_task_id
 from flows.core.errors import ErrorCode, ToolflowsError
+from flows.core.redact import display_text
 from flows.core.templates import render_template, resolve_link
 from flows.download import FileTarget, file_target, store_body
 from flows.http import current_session, http_error, is_file_response, parse_json, read_capped
 from flows.models import SubmittedJob
+from flows.uploads import request_content
 
 SUBMIT_ATTEMPTS = 4
 MAX_SUBMIT_WAIT_SECONDS = 60.0
+
+
+@dataclass
+class PaidRequest(CachePolicy):
+    """The submit's cache key: what identifies the paid request, and nothing else.
+
+    The flow run, the job's key within it, the endpoint, the HTTP method and the
+    params. Not the rest of the definition (an edit of its polling settings
+    between a crash and a rerun must not pay again), not the task's source (nor
+    must an upgrade of toolflows), and never the headers: their resolved
+    secrets stay out of the key's inputs (the endpoint keeps its ``${VAR}``).
+    """
+
+    def compute_key(
+        self,
+        task_ctx: TaskRunContext,
+        inputs: dict[str, Any],
+        flow_parameters: dict[str, Any],
+        **kwargs: Any,
+    ) -> str | None:
+        if not task_ctx:
+            return None
+        method = MethodDefinition.model_validate(inputs["method"])
+        request = {
+            "flow_run": str(task_ctx.task_run.flow_run_id or task_ctx.task_run.id),
+            "job_key": inputs.get("job_key", ""),
+            "endpoint": method.endpoint,
+            "http_method": method.http_method,
+            "params": inputs.get("params"),
+        }
+        text = json.dumps(request, sort_keys=True, default=str)
+        return "toolflows-submit-" + hashlib.sha256(text.encode()).hexdigest()
 
 
 @task(
     name="Submit job",
     description="Send the method's request once; the job is persisted so it is never sent twice.",
     persist_result=True,
+    cache_policy=PaidRequest(),
 )
 async def submit_job(
     method: MethodDefinition, params: dict[str, Any], job_key: str = ""
@@ -50,13 +86,13 @@ async def submit_job(
     (finished, failed, no id) is the flow's job, so that no later error can
     make a retried run send the paid request again. ``job_key`` tells apart
     jobs of one flow run with the same params (a batch asking for 5 takes):
-    the cache that remembers a submit is keyed by the flow run and the inputs.
+    the cache that remembers a submit is keyed by the paid request (``PaidRequest``).
     """
     session = current_session()
     logger = get_run_logger()
     polling = method.adapter_config.polling
     submitted_at = time.time()
-    async with _submit_response(method, params) as response:
+    async with _submit_response(method, params, job_key) as response:
         if response.status_code >= 400:
             await read_capped(response, 64 * 1024)
             raise http_error(response, what="submit", redact=session.redact)
@@ -77,7 +113,7 @@ async def submit_job(
     found = find_task_id(payload, polling.task_id_path)
     task_id = found.value if found else None
     if found:
-        logger.info("Task ID detected: %s = %s", found.path, found.value)
+        logger.info("Task ID detected: %s = %s", found.path, display_text(found.value))
     status_url = _status_url(method, payload, payload_url, task_id, params)
     cancel = find_cancel_link(payload)
     return SubmittedJob(
@@ -86,7 +122,10 @@ async def submit_job(
         payload=payload,
         payload_url=payload_url,
         status_url=status_url,
+        status_url_configured=polling.status_url is not None,
         cancel_url=resolve_link(payload_url, cancel.value) if cancel else None,
+        method=method.qualified_name,
+        params=params,
     )
 
 
@@ -119,103 +158,79 @@ async def _target_for(
 
 @asynccontextmanager
 async def _submit_response(
-    method: MethodDefinition, params: dict[str, Any]
+    method: MethodDefinition, params: dict[str, Any], job_key: str
 ) -> AsyncIterator[httpx.Response]:
     """Open the submit response, re-sending only when the request never arrived."""
     session = current_session()
-    for attempt in range(1, SUBMIT_ATTEMPTS + 1):
-        async with AsyncExitStack() as stack:
-            try:
-                response = await stack.enter_async_context(
-                    session.stream(
-                        method.http_method,
-                        method.endpoint,
-                        headers=_idempotency_header(method),
-                        **_request_content(method, params, stack),
+    idempotency = _idempotency_header(method, job_key)
+    async with request_content(method, params) as content:
+        for attempt in range(1, SUBMIT_ATTEMPTS + 1):
+            async with AsyncExitStack() as stack:
+                try:
+                    response = await stack.enter_async_context(
+                        session.stream(
+                            method.http_method,
+                            method.endpoint,
+                            configured=True,
+                            headers=idempotency,
+                            **content(),
+                        )
                     )
-                )
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-                # The request never reached the server: sending it again is safe.
-                if attempt == SUBMIT_ATTEMPTS:
-                    raise ToolflowsError(
-                        ErrorCode.HTTP_ERROR,
-                        f"submit failed: cannot connect to {session.redact(method.endpoint)}",
-                    ) from exc
-                delay = min(2.0 ** (attempt - 1), 8.0)
-            except httpx.TransportError as exc:
-                raise ToolflowsError(
-                    ErrorCode.HTTP_ERROR,
-                    f"submit failed after the request was sent ({type(exc).__name__}); it is not"
-                    " sent again because the provider may have accepted it: check the provider"
-                    " before running the method again",
-                ) from exc
-            else:
-                retry_after = parse_retry_after(response.headers)
-                refused = response.status_code in (429, 503) and retry_after is not None
-                if not refused or attempt == SUBMIT_ATTEMPTS:
-                    yield response
-                    return
-                # The server said it did not take the job, and when to come back.
-                delay = min(retry_after or 0.0, MAX_SUBMIT_WAIT_SECONDS)
-                get_run_logger().info(
-                    "Submit answered HTTP %d; sending again in %.1f s", response.status_code, delay
-                )
-        await asyncio.sleep(delay)
+                except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                    # The request never reached the server: sending it again is safe.
+                    if attempt == SUBMIT_ATTEMPTS:
+                        raise ToolflowsError(
+                            ErrorCode.HTTP_ERROR,
+                            f"submit failed: cannot connect to {session.redact(method.endpoint)}",
+                        ) from exc
+                    delay = min(2.0 ** (attempt - 1), 8.0)
+                except httpx.TransportError as exc:
+                    raise _failed_after_sending(exc) from exc
+                else:
+                    retry_after = parse_retry_after(response.headers)
+                    refused = response.status_code in (429, 503) and retry_after is not None
+                    if not refused or attempt == SUBMIT_ATTEMPTS:
+                        try:
+                            yield response
+                        except httpx.TransportError as exc:
+                            # Reading the answer broke (or outlasted the timeout).
+                            raise _failed_after_sending(exc) from exc
+                        return
+                    # The server said it did not take the job, and when to come back.
+                    delay = min(retry_after or 0.0, MAX_SUBMIT_WAIT_SECONDS)
+                    get_run_logger().info(
+                        "Submit answered HTTP %d; sending again in %.1f s",
+                        response.status_code,
+                        delay,
+                    )
+            await asyncio.sleep(delay)
 
 
-def _request_content(
-    method: MethodDefinition, params: dict[str, Any], files: AsyncExitStack
-) -> dict[str, Any]:
-    """The params as the method sends them: JSON, query string, form or multipart."""
-    if method.http_method in ("GET", "DELETE"):
-        return {"params": {key: _form_value(value) for key, value in params.items()}}
-    body_type = method.adapter_config.body_type
-    if body_type == "json":
-        return {"json": params}
-    fields = {key: _form_value(value) for key, value in params.items() if not _is_file_param(value)}
-    if body_type == "form":
-        return {"data": fields}
-    uploads = {
-        key: _open_upload(value["file"], files)
-        for key, value in params.items()
-        if _is_file_param(value)
-    }
-    return {"data": fields, "files": uploads}
+def _failed_after_sending(error: httpx.TransportError) -> ToolflowsError:
+    return ToolflowsError(
+        ErrorCode.HTTP_ERROR,
+        f"submit failed after the request was sent ({type(error).__name__}); it is not"
+        " sent again because the provider may have accepted it: check the provider"
+        " before running the method again",
+    )
 
 
-def _open_upload(reference: str, files: AsyncExitStack) -> tuple[str, Any, str]:
-    parts = urlsplit(reference)
-    if parts.scheme not in ("", "file"):
-        raise ToolflowsError(
-            ErrorCode.CONFIG_INVALID,
-            f"multipart file {reference!r}: only local paths and file:// URIs can be uploaded",
-        )
-    path = Path(unquote(parts.path)) if parts.scheme == "file" else Path(reference)
-    if not path.is_file():
-        raise ToolflowsError(ErrorCode.CONFIG_INVALID, f"multipart file {path} does not exist")
-    mimetype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    return path.name, files.enter_context(path.open("rb")), mimetype
+def _idempotency_header(method: MethodDefinition, job_key: str) -> dict[str, str] | None:
+    """A key per job of the flow run: the provider drops a duplicate of this submit.
 
-
-def _is_file_param(value: Any) -> bool:
-    return isinstance(value, dict) and set(value) == {"file"} and isinstance(value["file"], str)
-
-
-def _form_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict | list):
-        return json.dumps(value)
-    return str(value)
-
-
-def _idempotency_header(method: MethodDefinition) -> dict[str, str] | None:
-    """A key derived from the flow run: the provider drops a duplicate of this submit."""
+    The same job sends the same key on every re-send and flow retry; two jobs of
+    one run (a batch, a pipeline) never share one, or the provider would answer
+    the first job for all of them. A job key that is not plain header text is hashed.
+    """
     header = method.adapter_config.idempotency_header
     context = FlowRunContext.get()
     if not header or context is None or context.flow_run is None:
         return None
-    return {header: f"toolflows-{context.flow_run.id}"}
+    key = f"toolflows-{context.flow_run.id}"
+    if job_key:
+        safe = re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", job_key)
+        key += "-" + (job_key if safe else hashlib.sha256(job_key.encode()).hexdigest()[:32])
+    return {header: key}
 
 
 def resumed_job(definition: MethodDefinition, task_id: str, params: dict[str, Any]) -> SubmittedJob:
@@ -228,13 +243,11 @@ def resumed_job(definition: MethodDefinition, task_id: str, params: dict[str, An
             task_id=task_id,
         )
     status_url = render_template(polling.status_url, task_id=task_id, params=params)
-    cancel_url = None
-    if polling.cancel_url:
-        cancel_url = render_template(polling.cancel_url, task_id=task_id, params=params)
+    # Its cancelUrl, if any, is rendered when cancelling (``flows.cancel``).
     return SubmittedJob(
         task_id=task_id,
         submitted_at=time.time(),
         payload_url=definition.endpoint,
         status_url=resolve_link(definition.endpoint, status_url),
-        cancel_url=resolve_link(definition.endpoint, cancel_url) if cancel_url else None,
+        status_url_configured=True,
     )

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -176,3 +177,116 @@ def test_demo_on_embedded_defaults(tmp_path):
     assert stored.is_relative_to(tmp_path / "storage")
     assert hashlib.sha256(stored.read_bytes()).hexdigest() == file["sha256"]
     assert "Starting temporary server" in completed.stderr
+
+
+# -- a wrong config fails at once, cleanly (issue 9, point 13) ----------------------------
+
+# Well under a second on an idle machine (no Prefect import, no flow run); the bound
+# leaves room for a loaded 2-core box.
+CONFIG_ERROR_SECONDS = 3.0
+# A ${VAR} missing from the environment may be a Secret block: looking costs the import
+# of Prefect (~2 s idle) and one API request, still no flow run.
+SECRET_LOOKUP_SECONDS = 10.0
+
+
+def timed_toolflows(*args: str, env: dict[str, str] | None = None) -> tuple[float, int, Any, str]:
+    started = time.monotonic()
+    completed = subprocess.run(
+        [_toolflows(), *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, **_api_url, **(env or {})},
+    )
+    return (
+        time.monotonic() - started,
+        completed.returncode,
+        json.loads(completed.stdout),
+        completed.stderr,
+    )
+
+
+def assert_clean_config_error(
+    seconds: float,
+    code: int,
+    document: Any,
+    stderr: str,
+    *words: str,
+    limit: float = CONFIG_ERROR_SECONDS,
+) -> None:
+    assert (code, document["status"]) == (2, "error"), stderr[-2000:]
+    assert document["error"]["code"] == "CONFIG_INVALID"
+    for word in words:
+        assert word in document["error"]["message"]
+    assert "Traceback" not in stderr
+    assert len(stderr.strip().splitlines()) <= 1, stderr[-2000:]
+    assert seconds < limit, f"took {seconds:.1f} s"
+
+
+def schema_method(fresh_fake: Any) -> dict[str, Any]:
+    method = fake_method(fresh_fake, "heygen").model_dump(by_alias=False)
+    method["request_schema"] = {
+        "type": "object",
+        "required": ["title"],
+        "properties": {"title": {"type": "string"}},
+    }
+    return method
+
+
+@pytest.mark.parametrize(
+    ("case", "words"),
+    [
+        ("unknown key", ["unknownKey"]),
+        ("statusURL", ["statusURL", "did you mean statusUrl"]),
+        ("invalid params", ["invalid params", "title"]),
+        ("params not an object", ["must be a JSON object"]),
+        ("disabled", ["disabled"]),
+    ],
+)
+def test_a_wrong_config_exits_2_at_once_without_a_flow_run(fresh_fake, tmp_path, case, words):
+    method = schema_method(fresh_fake)
+    params: Any = {"title": "hi"}
+    if case == "unknown key":
+        method["adapter_config"]["polling"]["unknownKey"] = 1
+    elif case == "statusURL":
+        method["adapter_config"]["polling"]["statusURL"] = "/v1/status?id={id}"
+    elif case == "invalid params":
+        params = {"title": 3}
+    elif case == "params not an object":
+        params = [1]
+    else:
+        method["enabled"] = False
+    path = tmp_path / "method.json"
+    path.write_text(json.dumps(method))
+
+    outcome = timed_toolflows("run", str(path), "--params", json.dumps(params))
+
+    assert_clean_config_error(*outcome, *words)
+    assert fresh_fake.submits() == 0
+
+
+def test_a_missing_variable_exits_2_before_any_flow_run(fresh_fake, tmp_path):
+    method = schema_method(fresh_fake)
+    method["adapter_config"]["headers"]["X-Other"] = "${TOOLFLOWS_NEVER_SET}"
+    path = tmp_path / "method.json"
+    path.write_text(json.dumps(method))
+
+    outcome = timed_toolflows("run", str(path), "--params", '{"title": "hi"}')
+
+    assert_clean_config_error(
+        *outcome, "TOOLFLOWS_NEVER_SET", "toolflows-never-set", limit=SECRET_LOOKUP_SECONDS
+    )
+    assert fresh_fake.submits() == 0
+
+
+def test_register_refuses_a_bad_file_at_once(fresh_fake, tmp_path):
+    good = definition_file(tmp_path, fake_method(fresh_fake, "fal"), name="good.json")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "inventoryKey: acme\nname: jobs\nendpoint: https://api.test/x\n"
+        "adapterConfig: {polling: {statusURL: /x}}\n"
+    )
+
+    outcome = timed_toolflows("register", str(good), str(bad))
+
+    assert_clean_config_error(*outcome, "bad.yaml", "did you mean statusUrl")

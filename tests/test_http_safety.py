@@ -1,9 +1,10 @@
 """SPEC §7 over real sockets: credentials stay on the endpoint's origin, no request goes
 where it must not (SSRF), and no secret reaches logs, errors, results or storage.
 
-The ProviderSession tests talk to the fake's two origins (API and CDN) directly; a
-recording transport shows every request that was handed to the network, so "refused"
-means "never connected". The end-to-end tests run whole flows on a real Prefect API.
+The ProviderSession tests talk to the fake's two origins (API and CDN) directly; the
+``wire`` records every request handed to the transport and every TCP connection made,
+so "refused" means "never connected". The end-to-end tests run whole flows on a real
+Prefect API.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 from urllib.parse import quote, quote_plus, urlencode, urlsplit
 from uuid import UUID, uuid4
 
+import httpcore
 import httpx
 import pytest
 from prefect.client.orchestration import get_client
@@ -41,6 +43,7 @@ from flows.core.redact import Redactor
 from flows.engine import run_tool_method
 from flows.fake_provider import FakeProvider, Fault
 from flows.http import Credentials, ProviderSession, provider_session
+from flows.transport import CheckedTransport
 from tests.helpers import PARAMS, fake_method, generic_definition, run
 
 CONFIGURED_HEADERS = {
@@ -57,36 +60,32 @@ METADATA_URL = "http://169.254.169.254/latest/meta-data/iam/security-credentials
 
 @dataclass
 class Wire:
-    """Requests the HTTP client handed to the network (each one a real connection use)."""
+    """Requests handed to the session's transport, and the TCP connections it made."""
 
     sent: list[httpx.Request] = field(default_factory=list)
+    connected: list[str] = field(default_factory=list)
 
     def hosts(self) -> list[str]:
         return [request.url.host for request in self.sent]
 
 
-class _RecordingTransport(httpx.AsyncHTTPTransport):
-    def __init__(self, wire: Wire) -> None:
-        super().__init__()
-        self._wire = wire
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self._wire.sent.append(request)
-        return await super().handle_async_request(request)
-
-
 @pytest.fixture
 def wire(monkeypatch: pytest.MonkeyPatch) -> Wire:
-    """Every httpx.AsyncClient built during the test (the session's) records its requests."""
+    """Records what the sessions opened during the test send, and where they connect."""
     recorded = Wire()
-    real_client = httpx.AsyncClient
+    send = CheckedTransport.handle_async_request
+    connect = httpcore.AnyIOBackend.connect_tcp
 
-    class RecordingClient(real_client):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs.setdefault("transport", _RecordingTransport(recorded))
-            super().__init__(*args, **kwargs)
+    async def recording_send(self: CheckedTransport, request: httpx.Request) -> httpx.Response:
+        recorded.sent.append(request)
+        return await send(self, request)
 
-    monkeypatch.setattr(httpx, "AsyncClient", RecordingClient)
+    async def recording_connect(self: Any, host: str, port: int, **options: Any) -> Any:
+        recorded.connected.append(host)
+        return await connect(self, host, port, **options)
+
+    monkeypatch.setattr(CheckedTransport, "handle_async_request", recording_send)
+    monkeypatch.setattr(httpcore.AnyIOBackend, "connect_tcp", recording_connect)
     return recorded
 
 
@@ -122,7 +121,7 @@ def send(
     method: str,
     url: str,
     *,
-    credentials: Credentials = Credentials.ENDPOINT,
+    credentials: Credentials = Credentials.ENDPOINT_AND_ALLOWED_HOSTS,
     allowed_hosts: tuple[str, ...] = (),
     **content: Any,
 ) -> httpx.Response:
@@ -234,20 +233,49 @@ def test_a_redirect_within_the_origin_keeps_the_headers(fresh_fake, wire):
     assert configured_headers_in(response.json()["headers"]) == CONFIGURED_NAMES
 
 
-def test_credentials_never_means_never_even_on_the_endpoint_origin(fresh_fake, wire):
-    on_origin = send(fresh_fake, "GET", echo_url(fresh_fake), credentials=Credentials.NEVER)
-    send(fresh_fake, "GET", fresh_fake.cdn_url + "/x/y/z", credentials=Credentials.NEVER)
+def test_a_download_on_the_endpoint_origin_gets_the_headers(fresh_fake, wire):
+    """Gemini serves its files on the API origin and answers 403 without the key."""
+    on_origin = send(fresh_fake, "GET", echo_url(fresh_fake), credentials=Credentials.ENDPOINT_ONLY)
     via_redirect = send(
         fresh_fake,
         "GET",
         redirect(fresh_fake, "/_probe/headers"),
-        credentials=Credentials.NEVER,
+        credentials=Credentials.ENDPOINT_ONLY,
     )
 
-    assert configured_headers_in(on_origin.json()["headers"]) == set()
-    assert configured_headers_in(via_redirect.json()["headers"]) == set()
-    assert configured_headers_in(last_cdn_request(fresh_fake)) == set()
-    assert all(configured_headers_in(dict(request.headers)) == set() for request in wire.sent)
+    assert configured_headers_in(on_origin.json()["headers"]) == CONFIGURED_NAMES
+    assert configured_headers_in(via_redirect.json()["headers"]) == CONFIGURED_NAMES
+
+
+@pytest.mark.usefixtures("private_urls")
+def test_a_download_elsewhere_never_gets_them_even_from_allowed_hosts(fresh_fake, wire):
+    downloads = Credentials.ENDPOINT_ONLY
+    other_host = localhost(fresh_fake.cdn_url) + "/x/y/z"
+    send(fresh_fake, "GET", other_host, credentials=downloads, allowed_hosts=("localhost",))
+    send(fresh_fake, "GET", fresh_fake.cdn_url + "/x/y/z", credentials=downloads)
+    send(fresh_fake, "GET", redirect(fresh_fake, other_host), credentials=downloads)
+
+    cdn_requests = fresh_fake.requests(origin="cdn")
+    assert len(cdn_requests) == 3
+    assert all(configured_headers_in(request.headers) == set() for request in cdn_requests)
+    assert fresh_fake.credential_leaks == []
+
+
+@pytest.mark.usefixtures("private_urls")
+def test_a_redirect_back_to_the_endpoint_origin_does_not_regain_them(fresh_fake, wire):
+    """Once a hop went without the credentials, another origin cannot bounce us home to
+    collect them (``localhost`` is another origin, served by the same fake)."""
+    elsewhere = (
+        localhost(fresh_fake.api_url)
+        + "/_probe/redirect?"
+        + urlencode({"to": echo_url(fresh_fake)})
+    )
+
+    response = send(fresh_fake, "GET", redirect(fresh_fake, elsewhere))
+
+    assert [hop.url.host for hop in wire.sent] == ["127.0.0.1", "localhost", "127.0.0.1"]
+    assert configured_headers_in(dict(wire.sent[0].headers)) == CONFIGURED_NAMES
+    assert configured_headers_in(response.json()["headers"]) == set()
 
 
 # -- 6. no SSRF ---------------------------------------------------------------------------
@@ -262,6 +290,7 @@ def test_only_http_and_https_are_fetched(fresh_fake, wire, url):
 
     assert error.code is ErrorCode.HTTP_ERROR
     assert wire.sent == []
+    assert wire.connected == []
 
 
 ALWAYS_REFUSED = [
@@ -269,9 +298,23 @@ ALWAYS_REFUSED = [
     "http://169.254.1.1/",
     "http://[fe80::1]/",
     "http://[::ffff:169.254.169.254]/",
+    "http://[::ffff:a9fe:a9fe]/",
     "http://[fd00:ec2::254]/",
     "http://100.100.100.200/latest/meta-data/",
     "http://metadata.google.internal/computeMetadata/v1/",
+    # The metadata address in the forms IPv6 delivers to it: 6to4, NAT64, compatible.
+    "http://[2002:a9fe:a9fe::]/",
+    "http://[64:ff9b::a9fe:a9fe]/",
+    "http://[64:ff9b::169.254.169.254]/",
+    "http://[::a9fe:a9fe]/",
+    # Numeric host spellings the C resolver reads as 169.254.169.254 (no DNS query).
+    "http://2852039166/",
+    "http://0xa9.0xfe.0xa9.0xfe/",
+    "http://0251.0376.0251.0376/",
+    "http://169.254.43518/",
+    # userinfo and backslash tricks: the host is the part after "@".
+    "http://api.example.com@169.254.169.254/latest/",
+    "http://api.example.com\\@169.254.169.254/latest/",
 ]
 
 
@@ -287,7 +330,7 @@ def test_link_local_and_metadata_addresses_are_always_refused(
 
     assert error.code is ErrorCode.HTTP_ERROR
     assert "refusing" in error.message
-    assert wire.sent == []
+    assert wire.connected == []
 
 
 @pytest.mark.parametrize(
@@ -310,7 +353,7 @@ def test_private_addresses_other_than_the_endpoints_host_are_refused(fresh_fake,
 
     assert error.code is ErrorCode.HTTP_ERROR
     assert "TOOLFLOWS_ALLOW_PRIVATE_URLS" in error.message
-    assert wire.sent == []
+    assert wire.connected == []
 
 
 @pytest.mark.usefixtures("private_urls")
@@ -341,7 +384,7 @@ def test_every_redirect_hop_is_checked(fresh_fake, wire, monkeypatch, target, op
 
     assert error.code is ErrorCode.HTTP_ERROR
     assert "refusing" in error.message
-    assert wire.hosts() == ["127.0.0.1"]  # the redirect itself, nothing after it
+    assert wire.connected == ["127.0.0.1"]  # the redirect itself, nothing after it
 
 
 def test_a_redirect_to_a_private_host_needs_the_opt_in(fresh_fake, wire):
@@ -350,7 +393,7 @@ def test_a_redirect_to_a_private_host_needs_the_opt_in(fresh_fake, wire):
     error = refusal(fresh_fake, redirect(fresh_fake, target))
 
     assert "TOOLFLOWS_ALLOW_PRIVATE_URLS" in error.message
-    assert wire.hosts() == ["127.0.0.1"]
+    assert wire.connected == ["127.0.0.1"]
     assert not fresh_fake.requests(origin="cdn")
 
 

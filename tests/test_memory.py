@@ -1,4 +1,5 @@
-"""Downloads stream (SPEC §4.5): peak memory does not grow with the size of the output.
+"""Downloads stream (SPEC §4.5): peak memory does not grow with the size of the output,
+nor with the compression ratio of a gzip-encoded one (a decompression bomb).
 
 ``toolflows run`` runs in a child process against the fake provider; the child's peak
 RSS comes from the kernel (``wait4`` rusage) once it exits. The fake provider runs in
@@ -24,6 +25,9 @@ MIB = 1024 * 1024
 BIG_FILE = 256 * MIB
 SMALL_FILE = 1 * MIB
 ALLOWED_GROWTH = 64 * MIB
+# ~1 MB of gzip inflating to 1 GiB of zeros, under a cap that stops it at 256 MiB.
+BOMB = 1024 * MIB
+BOMB_CAP = 256 * MIB
 
 
 @dataclass(frozen=True)
@@ -35,12 +39,24 @@ class MeasuredRun:
 
 
 def run_cli_measuring_peak_rss(
-    fake: FakeProvider, workdir: Path, api_url: str, file_size: int
+    fake: FakeProvider,
+    workdir: Path,
+    api_url: str,
+    file_size: int,
+    *,
+    max_download_bytes: int | None = None,
+    **behaviour: Any,
 ) -> MeasuredRun:
-    """``toolflows run`` a HeyGen method whose video is ``file_size`` bytes; its peak RSS."""
-    fake.script("heygen", polls_until_done=0, file_size=file_size)
+    """``toolflows run`` a HeyGen method whose video is ``file_size`` bytes; its peak RSS.
+
+    ``behaviour``: more of the fake's script (a gzip bomb); ``max_download_bytes``
+    overrides the method's cap.
+    """
+    fake.script("heygen", polls_until_done=0, file_size=file_size, **behaviour)
     definition = workdir / f"method-{file_size}.json"
     method = fake_method(fake, "heygen", max_wait_seconds=120)
+    if max_download_bytes is not None:
+        method.adapter_config.max_download_bytes = max_download_bytes
     definition.write_text(json.dumps(method.model_dump()))
     params = workdir / "params.json"
     params.write_text(json.dumps(PARAMS["heygen"]))
@@ -134,4 +150,23 @@ def test_peak_memory_does_not_grow_with_the_file_size(fresh_fake, tmp_path, pref
     assert growth <= ALLOWED_GROWTH, (
         f"peak RSS {big.peak_rss / MIB:.0f} MiB for 256 MiB vs {small.peak_rss / MIB:.0f} MiB"
         f" for 1 MiB: grew {growth / MIB:.0f} MiB"
+    )
+
+
+def test_a_gzip_bomb_does_not_fill_memory(fresh_fake, tmp_path, prefect_api):
+    bomb = run_cli_measuring_peak_rss(
+        fresh_fake, tmp_path, prefect_api, SMALL_FILE, bomb_bytes=BOMB, max_download_bytes=BOMB_CAP
+    )
+    small = run_cli_measuring_peak_rss(fresh_fake, tmp_path, prefect_api, SMALL_FILE)
+
+    assert bomb.exit_code == 0, bomb.stderr[-3000:]
+    assert bomb.result["files"] == []
+    (warning,) = bomb.result["warnings"]
+    assert warning["code"] == "DOWNLOAD_FAILED"
+    assert "maxDownloadBytes" in warning["message"]
+    assert small.exit_code == 0, small.stderr[-3000:]
+    growth = bomb.peak_rss - small.peak_rss
+    assert growth <= ALLOWED_GROWTH, (
+        f"peak RSS {bomb.peak_rss / MIB:.0f} MiB inflating a bomb vs {small.peak_rss / MIB:.0f}"
+        f" MiB for 1 MiB: grew {growth / MIB:.0f} MiB"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import subprocess
@@ -50,8 +51,11 @@ def test_polling_timeout_without_cancel_on_timeout_leaves_the_job(fresh_fake):
 
 
 @contextmanager
-def served(prefect_api: str, log: Path) -> Iterator[tuple[str, int]]:
-    """``run_tool_method`` served by a runner process; yields the deployment name and pid."""
+def served(
+    prefect_api: str, log: Path, flow: str = "flows.engine:run_tool_method"
+) -> Iterator[tuple[str, int]]:
+    """A flow (``module:name``) served by a runner process; yields the deployment and pid."""
+    module, name = flow.split(":")
     env = {
         **os.environ,
         "PREFECT_API_URL": prefect_api,
@@ -62,18 +66,22 @@ def served(prefect_api: str, log: Path) -> Iterator[tuple[str, int]]:
             [
                 sys.executable,
                 "-c",
-                "from flows.engine import run_tool_method; "
-                "run_tool_method.serve(name='cancel-test', print_starting_message=False)",
+                f"from {module} import {name}; "
+                f"{name}.serve(name='cancel-test', print_starting_message=False)",
             ],
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT,
         )
         try:
-            yield "run_tool_method/cancel-test", runner.pid
+            yield f"{_flow_name(module, name)}/cancel-test", runner.pid
         finally:
             runner.terminate()
             runner.wait(timeout=30)
+
+
+def _flow_name(module: str, name: str) -> str:
+    return getattr(importlib.import_module(module), name).name
 
 
 def test_cancelling_a_served_run_mid_poll_cancels_the_remote_job(fresh_fake, prefect_api, tmp_path):

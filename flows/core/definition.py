@@ -19,6 +19,9 @@ from pydantic.alias_generators import to_camel, to_snake
 from flows.core.errors import ErrorCode, ToolflowsError
 
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+# Shortest delay between two status checks: 20 checks a second per job. Below it a
+# schedule is a busy loop against someone's API (0 made ~22,000 instant checks).
+MIN_POLL_INTERVAL_SECONDS = 0.05
 
 
 class PollingConfig(BaseModel):
@@ -30,9 +33,13 @@ class PollingConfig(BaseModel):
         None, description="Status endpoint template, e.g. /v1/status?id={id}. Relative to endpoint."
     )
     max_wait_seconds: float = Field(300, gt=0, description="Deadline for the whole wait.")
-    interval_seconds: float = Field(5, ge=0, description="Delay before the first status check.")
+    interval_seconds: float = Field(
+        5, ge=MIN_POLL_INTERVAL_SECONDS, description="Delay before the first status check."
+    )
     backoff_factor: float = Field(1.5, ge=1, description="Each next delay = previous x factor.")
-    max_interval_seconds: float = Field(30, ge=0, description="Cap of one delay.")
+    max_interval_seconds: float = Field(
+        30, ge=MIN_POLL_INTERVAL_SECONDS, description="Cap of one delay."
+    )
     jitter: float = Field(0.1, ge=0, le=1, description="± fraction of random jitter per delay.")
     task_id_path: str | None = Field(None, description="Dotted path of the job id (auto).")
     status_path: str | None = Field(None, description="Dotted path of the status (auto).")
@@ -64,6 +71,17 @@ class AdapterConfig(BaseModel):
         default_factory=list, description="Further hosts that may receive the headers."
     )
     max_download_bytes: int = Field(10 * 1024**3, gt=0)
+    # A download that stalls is abandoned and retried (resumed with Range), as curl's
+    # --speed-limit / --speed-time do: a dripping server must not hold a run forever.
+    download_first_byte_seconds: float = Field(
+        60, gt=0, description="Seconds from a download request to the first byte of its body."
+    )
+    download_min_bytes_per_second: int = Field(
+        1024, ge=0, description="Slower than this for downloadStallSeconds: retry (0: no rule)."
+    )
+    download_stall_seconds: float = Field(
+        60, gt=0, description="How long a download may stay below downloadMinBytesPerSecond."
+    )
     idempotency_header: str | None = None
     storage: str | None = Field(
         None, description="Storage block for outputs, e.g. s3-bucket/media (default: results)."
@@ -121,7 +139,9 @@ class MethodDefinition(BaseModel):
     @classmethod
     def _adapter_config_from_json_string(cls, config: Any) -> Any:
         config = _json_object_or_none(config)
-        return {} if config is None else _snake_keys(config, nested=("polling",))
+        if config is None:
+            return {}
+        return _snake_keys(config, AdapterConfig, nested={"polling": PollingConfig})
 
     @property
     def slug(self) -> str:
@@ -141,7 +161,7 @@ def parse_definition(raw: Any) -> MethodDefinition:
     if not isinstance(raw, dict):
         raise ToolflowsError(ErrorCode.CONFIG_INVALID, "a method definition must be a JSON object")
     try:
-        return MethodDefinition.model_validate(_snake_keys(raw))
+        return MethodDefinition.model_validate(_snake_keys(raw, MethodDefinition))
     except ValidationError as exc:
         raise config_error_from(exc) from None
     except ValueError as exc:
@@ -190,18 +210,28 @@ def _json_object_or_none(value: Any) -> Any:
     return value
 
 
-def _snake_keys(mapping: dict[str, Any], nested: tuple[str, ...] = ()) -> dict[str, Any]:
-    """snake_case the keys of one level (and of the ``nested`` sub-objects).
+def _snake_keys(
+    mapping: dict[str, Any],
+    model: type[BaseModel],
+    nested: dict[str, type[BaseModel]] | None = None,
+) -> dict[str, Any]:
+    """snake_case the keys of one level of ``model`` (and of the ``nested`` sub-objects).
 
     Only key names the definition itself defines are converted: header names
-    and JSON Schemas below them keep their spelling.
+    and JSON Schemas below them keep their spelling. A key is read in exactly
+    its camelCase or its snake_case spelling; another spelling of a known key
+    (``statusURL``) is refused, since taking it as written would silently drop it.
     """
     result: dict[str, Any] = {}
     for key, value in mapping.items():
         snake = to_snake(key) if isinstance(key, str) else key
+        if isinstance(key, str) and key not in (snake, to_camel(snake)):
+            if snake in model.model_fields:
+                raise ValueError(f"{key!r} is not a key: did you mean {to_camel(snake)}?")
+            snake = key  # left as written: ignored or refused like any unknown key
         if snake in result:
             raise ValueError(f"{key!r} is given twice (camelCase and snake_case)")
-        if snake in nested and isinstance(value, dict):
-            value = _snake_keys(value)
+        if nested and snake in nested and isinstance(value, dict):
+            value = _snake_keys(value, nested[snake])
         result[snake] = value
     return result

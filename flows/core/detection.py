@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from flows.core.errors import ErrorCode, ToolflowsError
 from flows.core.paths import get_path
+from flows.core.redact import display_text
 
 MAX_DEPTH = 32
 """Deepest nesting searched for outputs; real outputs sit a few levels down."""
@@ -49,7 +50,7 @@ class Found:
 
 @dataclass(frozen=True)
 class JobStatus:
-    """The job's state, with the raw value and its path for logs and timeout errors."""
+    """The job's state, with its value and path as sent, cut and escaped for logs and errors."""
 
     state: JobState
     value: str | None
@@ -189,7 +190,12 @@ CANCELLED_WORDS = frozenset({"cancelled", "canceled"})
 NOT_JOB_OBJECTS = frozenset({"error", "errors"})
 # An envelope's "message" saying all went well is no failure reason.
 OK_MESSAGES = SUCCESS_WORDS | {"ok", "okay"}
+# After ``error`` (its message, its detail, or itself), in SPEC §4.3's order.
 JOB_REASON_KEYS = (
+    "errorMessage",
+    "error_message",
+    "errorMsg",
+    "failure_detail",
     "failure",
     "failure_reason",
     "failureCode",
@@ -342,11 +348,11 @@ def _status_of_field(
         # FAL reports a failed job as COMPLETED with an error next to it.
         state = JobState.FAILED
     if state in (JobState.PENDING, JobState.SUCCEEDED):
-        return JobStatus(state, field.text, field.path, None)
+        return _shown_status(state, field, None)
     reason = _reason(payload, field.holder)
     if reason is None and state is JobState.FAILED:
         reason = f'job failed with status "{field.text}"'
-    return JobStatus(state, field.text, field.path, reason)
+    return _shown_status(state, field, reason)
 
 
 def _status_without_field(payload: dict[Any, Any], extra_success: frozenset[str]) -> JobStatus:
@@ -363,9 +369,14 @@ def _status_without_field(payload: dict[Any, Any], extra_success: frozenset[str]
     if finish is None:
         return JobStatus(JobState.PENDING, None, None, None)
     if _normalise(finish.text) in {"success"} | extra_success:
-        return JobStatus(JobState.SUCCEEDED, finish.text, finish.path, None)
+        return _shown_status(JobState.SUCCEEDED, finish, None)
     reason = _reason(payload, finish.holder) or f'job failed with finish reason "{finish.text}"'
-    return JobStatus(JobState.FAILED, finish.text, finish.path, reason)
+    return _shown_status(JobState.FAILED, finish, reason)
+
+
+def _shown_status(state: JobState, field: _Field, reason: str | None) -> JobStatus:
+    """The status with its value and path as logs and errors show them: cut and escaped."""
+    return JobStatus(state, display_text(field.text), display_text(field.path), reason)
 
 
 def _classify(text: str, extra_success: frozenset[str], extra_failure: frozenset[str]) -> JobState:
@@ -452,6 +463,7 @@ def _reason(payload: Any, holder: Any) -> str | None:
 
 
 def _job_reason(scope: dict[Any, Any]) -> str | None:
+    """The listed reason fields, then the message of any other error object (``task_error``)."""
     error = scope.get("error")
     if isinstance(error, (str, dict)):
         reason = _readable(error)
@@ -461,7 +473,17 @@ def _job_reason(scope: dict[Any, Any]) -> str | None:
         reason = _readable(scope.get(key))
         if reason is not None:
             return reason
+    for key, value in islice(scope.items(), MAX_ITEMS):
+        if isinstance(key, str) and isinstance(value, dict) and _names_an_error(key):
+            reason = _readable(value)
+            if reason is not None:
+                return reason
     return None
+
+
+def _names_an_error(key: str) -> bool:
+    """``task_error``, ``lastError``, ``error_info``: an error object other than ``error``."""
+    return key != "error" and "error" in key.lower()
 
 
 def _readable(value: Any, depth: int = 0) -> str | None:

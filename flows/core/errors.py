@@ -5,6 +5,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
+from flows.core.redact import display_text
+
 
 class ErrorCode(StrEnum):
     """What went wrong, and so what the caller can do about it.
@@ -32,7 +34,9 @@ class ToolflowsError(Exception):
 
     ``task_id`` is set whenever a job was submitted, so the user can find or
     resume it; ``http_status`` for ``HTTP_ERROR``; ``last_status`` for
-    ``POLLING_TIMEOUT``.
+    ``POLLING_TIMEOUT``. The message and last status are shown (CLI, logs, the flow
+    run's state) and often quote the provider, so they are cut to a few KiB with
+    their control characters escaped; ``task_id`` is kept whole, to resume the job.
     """
 
     def __init__(
@@ -44,12 +48,13 @@ class ToolflowsError(Exception):
         http_status: int | None = None,
         last_status: str | None = None,
     ) -> None:
+        message = display_text(message)
         super().__init__(message)
         self.code = ErrorCode(code)
         self.message = message
         self.task_id = task_id
         self.http_status = http_status
-        self.last_status = last_status
+        self.last_status = None if last_status is None else display_text(last_status)
 
     @property
     def exit_code(self) -> int:

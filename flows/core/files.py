@@ -2,7 +2,8 @@
 
 Names come from the provider (``Content-Disposition``, the URL), so they are
 untrusted: a name becomes a storage key, and must never climb out of the
-job's folder nor carry control characters. Types come from the header when
+job's folder nor carry control characters. So does the job id, which names
+the job's folder (``storage_segment``). Types come from the header when
 it says something, else from the bytes themselves, because CDNs often serve
 everything as ``application/octet-stream``.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import hashlib
 import mimetypes
 import re
 import unicodedata
@@ -103,6 +105,23 @@ _DISPOSITION_PARAM = re.compile(
 )
 _QUOTED_PAIR = re.compile(r"\\(.)")
 _TASK_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+# A job id is used as its own folder name only when it is plainly safe everywhere:
+# lowercase (so ids that differ in case never share a folder on a case-insensitive
+# filesystem), no leading or trailing dot (hidden files, ``.``/``..``, Windows
+# dropping a trailing dot), short, and not a Windows device name.
+_PLAIN_SEGMENT = re.compile(r"[a-z0-9_-](?:[a-z0-9._-]{0,62}[a-z0-9_-])?")
+_WINDOWS_DEVICES = re.compile(r"(?:con|prn|aux|nul|com[0-9]|lpt[0-9])(?:\..*)?")
+# Any other id keeps a readable prefix, then ``~`` (never in a plain segment) and a
+# hash of the whole id: distinct ids get distinct folders, whatever their spelling.
+SEGMENT_PREFIX_CHARS = 40
+SEGMENT_HASH_CHARS = 32
+# A method's inventoryKey and name are the user's words, kept as written (any case:
+# names differing only in case are one block anyway) unless they would not be one
+# harmless folder: a separator, a control or Windows-refused character, a leading
+# dot, a trailing dot or space, or the ``~`` that marks a hashed segment.
+_NOT_IN_NAMES = r'/\\\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff<>:"|?*~'
+_PLAIN_NAME = re.compile(rf"[^.{_NOT_IN_NAMES}](?:[^{_NOT_IN_NAMES}]{{0,98}}[^. {_NOT_IN_NAMES}])?")
 
 
 def filename_from_content_disposition(value: str | None) -> str | None:
@@ -218,6 +237,41 @@ def choose_filename(
     id_part = _TASK_ID_UNSAFE.sub("_", task_id).strip("._") or "job"
     number = f"-{index + 1}" if index > 0 else ""
     return safe_filename(f"file-{id_part}{number}{extension_for(mimetype)}")
+
+
+def storage_segment(task_id: str) -> str:
+    """The one path segment a job's files go under, whatever the provider sent as its id.
+
+    A plain id (``abc123``, ``3f2a-...``) is used as is; any other (``..``,
+    ``a/b``, ``JobA``, 10,000 characters, control characters) becomes
+    ``<readable prefix>~<sha256>``: always one safe segment of at most 73
+    characters, and never the segment of another id, even on a
+    case-insensitive filesystem.
+    """
+    if _PLAIN_SEGMENT.fullmatch(task_id) and not _WINDOWS_DEVICES.fullmatch(task_id):
+        return task_id
+    prefix = _TASK_ID_UNSAFE.sub("_", task_id[:SEGMENT_PREFIX_CHARS]).lstrip(".")
+    digest = hashlib.sha256(task_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{prefix}~{digest[:SEGMENT_HASH_CHARS]}"
+
+
+def storage_prefix(inventory_key: str, name: str, task_id: str) -> str:
+    """``<inventoryKey>/<name>/<taskId>``: the folder of one job's files, three segments always.
+
+    ``inventoryKey`` and ``name`` stay as written when each is one harmless
+    folder name (``heygen``, ``create_avatar_video_v2``, ``Video v2``), else
+    become what ``storage_segment`` makes of them (``odd/names`` →
+    ``odd_names~<sha256>``); the job id is always ``storage_segment(task_id)``.
+    """
+    return "/".join(
+        (_method_segment(inventory_key), _method_segment(name), storage_segment(task_id))
+    )
+
+
+def _method_segment(name: str) -> str:
+    if _PLAIN_NAME.fullmatch(name) and not _WINDOWS_DEVICES.fullmatch(name.lower()):
+        return name
+    return storage_segment(name)
 
 
 def decode_data_uri(uri: str) -> tuple[bytes, str | None]:

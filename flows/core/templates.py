@@ -92,8 +92,13 @@ def resolve_link(base_url: str, link: str) -> str:
 
     ``/v1/x`` starts from the origin, ``x`` sits beside the endpoint's last
     segment, ``//host/x`` keeps the scheme, and an absolute URL is unchanged.
+    A link that is no URL at all (``http://[::1``) is returned as it is: the
+    request to it is refused, with the reason, where every URL is checked.
     """
-    return urljoin(base_url, link.strip())
+    try:
+        return urljoin(base_url, link.strip())
+    except ValueError:
+        return link.strip()
 
 
 def _url_text(value: Any) -> str | None:

@@ -9,8 +9,7 @@ internal network).
 from __future__ import annotations
 
 import ipaddress
-import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Sequence
 from urllib.parse import SplitResult, urlsplit
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -22,6 +21,11 @@ _METADATA_ADDRESSES = frozenset(
     for address in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")
 )
 _METADATA_HOSTS = frozenset({"metadata.google.internal"})
+# IPv6 ranges whose last 32 bits are an IPv4 address the packets end up at: NAT64
+# (well-known and local-use prefixes) and the deprecated IPv4-compatible form.
+_IPV4_IN_LAST_32_BITS = tuple(
+    ipaddress.ip_network(network) for network in ("64:ff9b::/96", "64:ff9b:1::/48", "::/96")
+)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -70,27 +74,15 @@ def may_receive_credentials(url: str, *, endpoint: str, allowed_hosts: Iterable[
     return host in allowed and (scheme == "https" or endpoint_scheme == "http")
 
 
-def resolve_host(host: str) -> list[str]:
-    """Every address ``host`` resolves to (DNS may answer several)."""
-    infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+def unsafe_url_reason(url: str, *, endpoint: str, allow_private: bool) -> str | None:
+    """Why ``url`` must not be fetched, as far as the URL alone tells; None when it may be.
 
-
-def unsafe_url_reason(
-    url: str,
-    *,
-    endpoint: str,
-    allow_private: bool,
-    resolve: Callable[[str], list[str]] = resolve_host,
-) -> str | None:
-    """Why ``url`` must not be fetched, or None when it may be.
-
-    Only http(s). Link-local and cloud-metadata addresses are always refused.
-    Private, loopback and other non-public addresses are allowed only on the
-    endpoint's own host (a provider running on localhost serves its files
-    there too) or with ``allow_private`` (TOOLFLOWS_ALLOW_PRIVATE_URLS=1).
-    Every address the host resolves to must pass, since the connection may
-    use any of them.
+    Only http(s) with a host and a valid port; never a cloud metadata name; an IP
+    literal is judged by ``unsafe_address_reason`` at once. A host name is judged
+    when the connection is made, on the very addresses it connects to
+    (``unsafe_address_reason`` again): checking a name here and letting the
+    connection resolve it again would let a DNS server answer differently the
+    second time (DNS rebinding).
     """
     try:
         parts = _http_parts(url)
@@ -100,23 +92,46 @@ def unsafe_url_reason(
     host = parts.hostname or ""
     if host.rstrip(".") in _METADATA_HOSTS:
         return f"{host} is a cloud metadata address"
-    private_allowed = allow_private or host == _hostname(endpoint)
     try:
-        literal = _parse_address(host)
+        literal = ipaddress.ip_address(host)
     except ValueError:
-        literal = None
-    if literal is not None:
-        return _address_reason(literal, private_allowed=private_allowed)
-    try:
-        addresses = [_parse_address(address) for address in resolve(host)]
-    except (OSError, ValueError):
-        addresses = []
-    if not addresses:
-        return f"cannot resolve host {host}"
-    for address in addresses:
+        return None
+    return _address_reason(
+        literal,
+        private_allowed=may_use_private_addresses(
+            host, endpoint=endpoint, allow_private=allow_private
+        ),
+    )
+
+
+def may_use_private_addresses(host: str, *, endpoint: str, allow_private: bool) -> bool:
+    """Private and loopback addresses: on the endpoint's own host, or when allowed.
+
+    A provider running on localhost serves its files there too; anything else
+    needs ``allow_private`` (TOOLFLOWS_ALLOW_PRIVATE_URLS=1). Hosts are compared
+    as written.
+    """
+    return allow_private or host.lower() == _hostname(endpoint)
+
+
+def unsafe_address_reason(
+    host: str, addresses: Sequence[str], *, private_allowed: bool
+) -> str | None:
+    """Why a connection to ``host`` must not be made to the addresses it resolved to.
+
+    Link-local and cloud-metadata addresses are always refused, also in the
+    IPv6 forms that reach them (mapped, compatible, 6to4, NAT64, Teredo);
+    other non-public addresses unless ``private_allowed``. Every address must
+    pass: a name answering one bad address among good ones is refused.
+    """
+    for text in addresses:
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:
+            return f"{host} resolves to {text!r}, which is not an IP address"
         reason = _address_reason(address, private_allowed=private_allowed)
         if reason is not None:
-            return f"{host} resolves to {reason}"
+            return reason if text == host else f"{host} resolves to {reason}"
     return None
 
 
@@ -136,29 +151,40 @@ def _hostname(url: str) -> str | None:
         return None
 
 
-def _parse_address(text: str) -> IPAddress:
-    address = ipaddress.ip_address(text)
-    # "::ffff:169.254.169.254" reaches the IPv4 address it embeds.
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
+def _embedded_ipv4(address: IPAddress) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address delivers to (``::ffff:169.254.169.254`` ...)."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return []
+    embedded = [address.ipv4_mapped, address.sixtofour, address.teredo and address.teredo[1]]
+    # "::" and "::1" lie in ::/96 but embed nothing.
+    if any(address in network for network in _IPV4_IN_LAST_32_BITS) and int(address) > 1:
+        embedded.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return [ipv4 for ipv4 in embedded if ipv4 is not None]
 
 
 def _address_reason(address: IPAddress, *, private_allowed: bool) -> str | None:
-    if address in _METADATA_ADDRESSES:
-        return f"cloud metadata address {address}"
-    if address.is_link_local:
-        return f"link-local address {address}"
+    judged = [(address, str(address))]
+    judged += [(ipv4, f"{ipv4} (as {address})") for ipv4 in _embedded_ipv4(address)]
+    for candidate, shown in judged:
+        if candidate in _METADATA_ADDRESSES:
+            return f"cloud metadata address {shown}"
+        if candidate.is_link_local:
+            return f"link-local address {shown}"
     if private_allowed:
         return None
+    for candidate, shown in judged:
+        if _is_non_public(candidate):
+            return f"non-public address {shown} (set TOOLFLOWS_ALLOW_PRIVATE_URLS=1 to allow)"
+    return None
+
+
+def _is_non_public(address: IPAddress) -> bool:
     # is_global alone misses multicast, site-local and NAT64 ranges.
     is_site_local = isinstance(address, ipaddress.IPv6Address) and address.is_site_local
-    if (
+    return (
         not address.is_global
         or address.is_multicast
         or address.is_reserved
         or address.is_unspecified
         or is_site_local
-    ):
-        return f"non-public address {address} (set TOOLFLOWS_ALLOW_PRIVATE_URLS=1 to allow)"
-    return None
+    )

@@ -7,10 +7,11 @@ the attempt: that is how tests prove the engine never sends API keys off-origin.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Literal
 from xml.sax.saxutils import escape
 
-from flows.fake_provider.content import FakeFile
+from flows.fake_provider.content import BLOCK_SIZE, FakeFile, gzip_bomb
 from flows.fake_provider.faults import disturb, preempt
 from flows.fake_provider.http import Reply, Request
 from flows.fake_provider.model import PREEMPTIVE
@@ -47,23 +48,49 @@ def _span(header: str | None, size: int) -> tuple[int, int] | Literal[False] | N
     return (start, end) if start < size else False
 
 
-def serve_file(file: FakeFile, request: Request, ranges: bool) -> Reply:
-    """The file (or the requested byte range of it), streamed in block-sized chunks."""
+def serve_file(
+    file: FakeFile,
+    request: Request,
+    ranges: bool,
+    *,
+    encoding: Literal["gzip", "deflate"] | None = None,
+    bomb_bytes: int = 0,
+) -> Reply:
+    """The file (or the requested byte range of it), streamed in block-sized chunks.
+
+    With an ``encoding`` (or a bomb) the body is the compressed bytes, as S3 serves an
+    object stored with ``Content-Encoding``: Content-Length and Range count those.
+    """
     headers: list[tuple[str, str]] = []
     if file.header_type:
         headers.append(("content-type", file.header_type))
     if file.content_disposition:
         headers.append(("content-disposition", file.content_disposition))
     headers.append(("accept-ranges", "bytes" if ranges else "none"))
-    span = _span(request.headers.get("range"), file.size) if ranges else None
+    body: bytes | None = None
+    if bomb_bytes:
+        body, encoding = gzip_bomb(bomb_bytes), "gzip"
+    elif encoding:
+        body = file.encoded(encoding)
+    if encoding:
+        headers.append(("content-encoding", encoding))
+    size = file.size if body is None else len(body)
+    span = _span(request.headers.get("range"), size) if ranges else None
     if span is False:
         reply = xml_error(416, "The requested range is not satisfiable")
-        return reply.but(headers=(*reply.headers, ("content-range", f"bytes */{file.size}")))
+        return reply.but(headers=(*reply.headers, ("content-range", f"bytes */{size}")))
+    start, end = span or (0, size)
+    chunks = file.chunks(start, end) if body is None else _slices(body, start, end)
     if span is None:
-        return Reply(200, tuple(headers), file.chunks(), length=file.size)
-    start, end = span
-    headers.append(("content-range", f"bytes {start}-{end - 1}/{file.size}"))
-    return Reply(206, tuple(headers), file.chunks(start, end), length=end - start)
+        return Reply(200, tuple(headers), chunks, length=size)
+    headers.append(("content-range", f"bytes {start}-{end - 1}/{size}"))
+    return Reply(206, tuple(headers), chunks, length=end - start)
+
+
+def _slices(body: bytes, start: int, end: int) -> Iterator[memoryview]:
+    view = memoryview(body)
+    for offset in range(start, end, BLOCK_SIZE):
+        yield view[offset : min(offset + BLOCK_SIZE, end)]
 
 
 class Cdn:
@@ -99,4 +126,12 @@ class Cdn:
             return preempt(fault, xml_error)
         if file.signing and not self.state.signature_valid(job, request.path, request.query):
             return xml_error(403, "Request has expired")
-        return disturb(serve_file(file, request, job.behaviour.ranges), fault)
+        behaviour = job.behaviour
+        reply = serve_file(
+            file,
+            request,
+            behaviour.ranges,
+            encoding=behaviour.content_encoding,
+            bomb_bytes=behaviour.bomb_bytes,
+        )
+        return disturb(reply, fault)

@@ -3,6 +3,8 @@
 A file is never held in memory: its bytes are a short type-specific header followed by one
 block (at most 1 MiB, derived from the file's seed) repeated, so serving 1 GiB costs one
 block of memory and runs at socket speed, and the sha256 can be recomputed at will.
+Compressed copies (``Content-Encoding``) are made whole, for test-sized files only; a
+gzip bomb is assembled from one compressed block repeated, never inflated here.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from functools import lru_cache
 from typing import Literal
 
 BLOCK_SIZE = 1 << 20
+# A gzip member header: deflate, no name, no mtime, unknown OS.
+GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 
 DEFAULT_TYPES = {"video": "video/mp4", "image": "image/png", "audio": "audio/mpeg"}
 EXTENSIONS = {
@@ -71,6 +75,7 @@ class FakeFile:
     content_disposition: str | None = None
     signing: Literal["cloudfront", "jwt"] | None = None
     _sha256: str | None = field(default=None, repr=False)
+    _encoded: dict[str, bytes] = field(default_factory=dict, repr=False)
 
     @property
     def header_type(self) -> str | None:
@@ -116,3 +121,31 @@ class FakeFile:
                 digest.update(chunk)
             self._sha256 = digest.hexdigest()
         return self._sha256
+
+    def encoded(self, encoding: Literal["gzip", "deflate"]) -> bytes:
+        """The file compressed as ``Content-Encoding: <encoding>`` sends it (cached)."""
+        if encoding not in self._encoded:
+            wbits = zlib.MAX_WBITS | 16 if encoding == "gzip" else zlib.MAX_WBITS
+            compressor = zlib.compressobj(6, zlib.DEFLATED, wbits)
+            pieces = [compressor.compress(chunk) for chunk in self.chunks()]
+            self._encoded[encoding] = b"".join([*pieces, compressor.flush()])
+        return self._encoded[encoding]
+
+
+@lru_cache(maxsize=4)
+def gzip_bomb(size: int) -> bytes:
+    """A gzip body inflating to ``size`` zero bytes, built without ever holding them.
+
+    After a full flush the compressor starts afresh, so every further block of zeros
+    compresses to the same bytes: one compressed block is repeated (1 GiB -> ~1 MB).
+    """
+    zeros = bytes(BLOCK_SIZE)
+    whole, rest = divmod(size, BLOCK_SIZE)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    block = compressor.compress(zeros) + compressor.flush(zlib.Z_FULL_FLUSH)
+    crc = 0
+    for _ in range(whole):
+        crc = zlib.crc32(zeros, crc)
+    crc = zlib.crc32(bytes(rest), crc)
+    deflated = block * whole + compressor.compress(bytes(rest)) + compressor.flush()
+    return GZIP_HEADER + deflated + struct.pack("<II", crc, size & 0xFFFFFFFF)

@@ -75,10 +75,15 @@ class Behaviour:
     - outcome / failure_reason: the terminal state, and the provider's failure text.
     - file_size, content_type (None → the real type, "" → no header), content_disposition,
       kind (video/image/audio: magic bytes and JSON shape), outputs (providers with lists),
-      single_output / data_uri_output (Replicate quirks), ranges (CDN honours Range).
+      single_output / data_uri_output (Replicate quirks), ranges (CDN honours Range),
+      files_on_api (the operation API serves its outputs on its own origin, only to a
+      request carrying its key, as Gemini's ``files/ID:download`` does).
     - *_faults: one fault per request of that kind, in order; submit_fault hits only the
       first submit after `script()`.
     - submit_seconds: how long every submit takes to answer (a slow provider).
+    - content_encoding: the CDN sends files compressed (gzip/deflate; Content-Length
+      and Range count the compressed bytes); bomb_bytes > 0: a gzip body inflating
+      to that many zero bytes instead of the file (a decompression bomb).
     """
 
     polls_until_done: int = 2
@@ -93,6 +98,9 @@ class Behaviour:
     single_output: bool = False
     data_uri_output: bool = False
     ranges: bool = True
+    files_on_api: bool = False
+    content_encoding: Literal["gzip", "deflate"] | None = None
+    bomb_bytes: int = 0
     status_faults: Sequence[Fault] = ()
     submit_fault: Fault | None = None
     submit_seconds: float = 0.0

@@ -18,7 +18,10 @@ from base64 import b32encode
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from email.parser import BytesParser
+from email.policy import HTTP
 from typing import Any, ClassVar, Literal
+from urllib.parse import parse_qsl
 
 from flows.fake_provider.cdn import serve_file
 from flows.fake_provider.content import DEFAULT_TYPES, EXTENSIONS, MAGIC, FakeFile
@@ -606,7 +609,12 @@ class Operation(Api):
             ),
             self.route("GET", operation, self.get),
             self.route("POST", operation + ":cancel", self.cancel),
+            self.route("GET", r"/v1beta/files/(?P<file_id>[^/:]+):download", self.download),
         ]
+
+    def authorized(self, request: Request) -> bool:
+        """Gemini takes its key as ``x-goog-api-key`` (or a bearer token)."""
+        return request.headers.get("x-goog-api-key") == self.key or super().authorized(request)
 
     def error(self, status: int, message: str) -> Reply:
         code = self.STATUSES.get(status, "UNKNOWN")
@@ -632,12 +640,31 @@ class Operation(Api):
         if progress is not None:
             return operation
         if job.outcome == "success":
-            samples = [{"video": {"uri": self.url(job, f)}} for f in job.files]
+            samples = [{"video": {"uri": self.file_link(job, n)}} for n in range(len(job.files))]
             return operation | {"response": {"generatedSamples": samples}}
         if job.outcome == "failure":
             message = job.behaviour.failure_reason or "The request violates the usage guidelines."
             return operation | {"error": {"code": 3, "message": message}}
         return operation | {"error": {"code": 1, "message": "The operation was cancelled."}}
+
+    def file_link(self, job: FakeJob, index: int) -> str:
+        """Where output ``index`` is served: the CDN, or this origin (``files_on_api``)."""
+        if job.behaviour.files_on_api:
+            return f"{self.state.api_url}/v1beta/files/{job.id}-{index}:download?alt=media"
+        return self.url(job, job.files[index])
+
+    async def download(self, request: Request, file_id: str) -> Reply:
+        job_id, _, index = file_id.rpartition("-")
+        job = self.job(job_id)
+        if job is None or not job.behaviour.files_on_api or not index.isdigit():
+            return self.error(404, f"File files/{file_id} not found.")
+        files = job.files
+        if int(index) >= len(files):
+            return self.error(404, f"File files/{file_id} not found.")
+        file = files[int(index)]
+        return await self.fetch(
+            job, "download", lambda: serve_file(file, request, job.behaviour.ranges)
+        )
 
     async def get(self, request: Request, operation_id: str) -> Reply:
         job = self.job(operation_id)
@@ -764,7 +791,13 @@ class OpenAI(Api):
 
 
 class Jobs(Api):
-    """A terse job API: 202 with an empty body while running, 200 with the result after."""
+    """A terse job API: 202 with an empty body while running, 200 with the result after.
+
+    Like Stripe-style APIs it honours ``Idempotency-Key``: a submit repeating a key
+    answers the job that key created, and creates nothing. It takes JSON, form and
+    multipart bodies; the job's ``input`` is what it parsed (a file part becomes its
+    filename, content type, size and sha256).
+    """
 
     name = "jobs"
 
@@ -780,7 +813,11 @@ class Jobs(Api):
         return Reply.json(status, {"error": message})
 
     async def create(self, request: Request) -> Reply:
-        body = request.json()
+        body = submitted_body(request)
+        key = request.headers.get("idempotency-key")
+        repeated = self.state.job_for_key(key) if key else None
+        if repeated is not None:
+            return Reply.json(202, {"job": {"id": repeated}})
 
         def build(behaviour: Behaviour) -> FakeJob:
             job_id = f"job_{secrets.token_hex(8)}"
@@ -788,6 +825,8 @@ class Jobs(Api):
             return FakeJob(job_id, self.name, behaviour, body, files)
 
         async def answer(job: FakeJob) -> Reply:
+            if key:
+                self.state.remember_key(key, job.id)
             return Reply.json(202, {"job": {"id": job.id}})
 
         return await self.submit(build, answer)
@@ -814,6 +853,31 @@ class Jobs(Api):
             return self.error(404, "No such job")
         self.state.cancel(job)
         return Reply(204)
+
+
+def submitted_body(request: Request) -> Any:
+    """A submit's body as the server understood it: JSON, a form, or multipart parts."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("application/x-www-form-urlencoded"):
+        return dict(parse_qsl(request.body.decode(), keep_blank_values=True))
+    if not content_type.startswith("multipart/form-data"):
+        return request.json()
+    head = f"Content-Type: {content_type}\r\n\r\n".encode()
+    message = BytesParser(policy=HTTP).parsebytes(head + request.body)
+    parts: dict[str, Any] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        data = part.get_payload(decode=True) or b""
+        if part.get_filename() is None:
+            parts[name] = data.decode()
+        else:
+            parts[name] = {
+                "filename": part.get_filename(),
+                "contentType": part.get_content_type(),
+                "size": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+            }
+    return parts
 
 
 class Probe(Api):

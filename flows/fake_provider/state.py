@@ -53,6 +53,7 @@ class State:
             self.cancelled: list[tuple[str, str]] = []
             self.leaks: list[tuple[str, str]] = []
             self.connections: Counter[str] = Counter()
+            self.idempotency_keys: dict[str, str] = {}
 
     # -- scripting and jobs -------------------------------------------------------------
 
@@ -73,6 +74,15 @@ class State:
         with self.lock:
             self.jobs[job.id] = job
         return job
+
+    def job_for_key(self, key: str) -> str | None:
+        """The job an ``Idempotency-Key`` already created, if any."""
+        with self.lock:
+            return self.idempotency_keys.get(key)
+
+    def remember_key(self, key: str, job_id: str) -> None:
+        with self.lock:
+            self.idempotency_keys.setdefault(key, job_id)
 
     def get_job(self, provider: str, job_id: str) -> FakeJob | None:
         with self.lock:

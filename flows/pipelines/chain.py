@@ -11,6 +11,7 @@ from typing import Any
 
 from prefect import flow
 
+from flows.cancel import cancel_remote_jobs
 from flows.engine import run_prepared
 from flows.methods import load_method, prepare_method
 from flows.models import ToolResult
@@ -23,6 +24,7 @@ PRESIGNED_LINK_SECONDS = 3600
 @flow(
     name="continue_with_file",
     description="Run a method on a file an earlier job stored ({file_url} in its params).",
+    on_cancellation=[cancel_remote_jobs("method")],
     persist_result=True,
 )
 async def continue_with_file(

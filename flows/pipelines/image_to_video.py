@@ -15,8 +15,9 @@ from prefect import flow
 from prefect.logging import get_run_logger
 from pydantic import Field
 
+from flows.cancel import cancel_remote_jobs
 from flows.models import CamelModel, ToolResult
-from flows.pipelines.steps import Step, handoff_url
+from flows.pipelines.steps import Step
 from flows.together import all_settled, raise_first_error
 
 SAMPLE_IMAGE_URL = "https://example.com/sample.png"
@@ -38,6 +39,7 @@ class PipelineResult(CamelModel):
 @flow(
     name="image_to_video_pipeline",
     description="Prompts → images → videos (plus optional avatar narration), concurrently.",
+    on_cancellation=[cancel_remote_jobs("image_method", "video_method", "narration_method")],
     persist_result=True,
 )
 async def image_to_video_pipeline(
@@ -76,7 +78,8 @@ async def image_to_video_pipeline(
 
             async def picture_then_video() -> tuple[ToolResult, ToolResult]:
                 picture = await image.run(values, f"{index}")
-                clip = await video.run({**values, "image_url": handoff_url(picture)}, f"{index}")
+                handed_on = {**values, "image_url": image.handoff_url(picture)}
+                clip = await video.run(handed_on, f"{index}")
                 return picture, clip
 
             if narration is None:

@@ -42,20 +42,6 @@ def fill(template: Any, values: dict[str, Any]) -> Any:
         ) from None
 
 
-def handoff_url(result: ToolResult) -> str:
-    """The primary output as a URL the next provider can fetch: the provider's own link."""
-    outputs = find_outputs(result.data)
-    if outputs:
-        return outputs[0].url
-    if result.files and result.files[0].uri.startswith(("http://", "https://")):
-        return result.files[0].uri
-    raise ToolflowsError(
-        ErrorCode.TASK_FAILED,
-        f"{result.method} job {result.task_id} produced no output URL to pass on",
-        task_id=result.task_id,
-    )
-
-
 @dataclass
 class Step:
     """One step of a pipeline: a method and its params template."""
@@ -72,6 +58,25 @@ class Step:
         validate_params(self.definition, fill(self.params, sample))
         prepared = await prepare_method(self.definition, None, submitting=False)
         self.session = await sessions.enter_async_context(session_for(prepared))
+
+    def handoff_url(self, result: ToolResult) -> str:
+        """This step's primary output as a URL the next provider can fetch: the provider's link.
+
+        Found as the run found it (the method's ``outputPath``), so the next step gets
+        the output this step stored, not whatever auto-detection would pick.
+        """
+        assert self.definition is not None
+        polling = self.definition.adapter_config.polling
+        outputs = find_outputs(result.data, polling.output_path, polling.download_all)
+        if outputs:
+            return outputs[0].url
+        if result.files and result.files[0].uri.startswith(("http://", "https://")):
+            return result.files[0].uri
+        raise ToolflowsError(
+            ErrorCode.TASK_FAILED,
+            f"{result.method} job {result.task_id} produced no output URL to pass on",
+            task_id=result.task_id,
+        )
 
     async def run(self, values: dict[str, Any], job_key: str) -> ToolResult:
         """Run the step for one item; its failure names the step and the item."""

@@ -128,3 +128,19 @@ def test_endpoint_may_hold_placeholders():
 
 def test_slugify_makes_prefect_block_names():
     assert slugify("HeyGen-Create_Avatar Video.v2") == "heygen-create-avatar-video-v2"
+
+
+@pytest.mark.parametrize(
+    ("changes", "written", "meant"),
+    [
+        ({"adapterConfig": {"polling": {"statusURL": "/s?id={id}"}}}, "statusURL", "statusUrl"),
+        ({"adapterConfig": {"polling": {"TaskIdPath": "data.id"}}}, "TaskIdPath", "taskIdPath"),
+        ({"adapterConfig": {"AllowedHosts": ["a.test"]}}, "AllowedHosts", "allowedHosts"),
+        ({"httpMETHOD": "GET"}, "httpMETHOD", "httpMethod"),
+        ({"Endpoint": "https://other.test/x"}, "Endpoint", "endpoint"),
+    ],
+)
+def test_a_known_key_spelled_neither_camel_nor_snake_case_is_refused(changes, written, meant):
+    message = config_error(row(**changes))
+    assert written in message
+    assert f"did you mean {meant}" in message

@@ -860,6 +860,64 @@ def test_failure_reason(payload: Any, expected: str | None) -> None:
     assert failure_reason(payload) == expected
 
 
+# SPEC §4.3's reason fields in its order: each test gives a field and every later one.
+REASON_ORDER = [
+    ("error", {"message": "error.message", "detail": "x"}),
+    ("error", {"detail": "error.detail"}),
+    ("error", "error"),
+    ("errorMessage", "errorMessage"),
+    ("error_message", "error_message"),
+    ("errorMsg", "errorMsg"),
+    ("failure_detail", "failure_detail"),
+    ("failure", "failure"),
+    ("failure_reason", "failure_reason"),
+    ("failureCode", "failureCode"),
+    ("task_status_msg", "task_status_msg"),
+    ("status_msg", "status_msg"),
+    ("detail", "detail"),
+    ("details", "details"),
+    ("task_error", {"code": 7, "message": "task_error.message"}),
+    ("message", "message"),
+]
+
+
+@pytest.mark.parametrize("first", range(len(REASON_ORDER)), ids=[f for f, _ in REASON_ORDER])
+def test_the_failure_reason_follows_the_spec_order(first: int) -> None:
+    fields: dict[str, Any] = {}
+    for key, value in REASON_ORDER[first:]:
+        fields.setdefault(key, value)
+    # Written in reverse, so that the order of the keys in the payload cannot decide.
+    job = {"status": "failed", **dict(reversed(fields.items()))}
+    expected = REASON_ORDER[first][1]
+    if isinstance(expected, dict):
+        expected = next(text for text in expected.values() if isinstance(text, str))
+    status = detect_status({"message": "envelope", "data": job})
+    assert status.reason == expected
+
+
+@pytest.mark.parametrize(
+    ("job", "expected"),
+    [
+        ({"status": "failed", "errorMessage": "Insufficient credits"}, "Insufficient credits"),
+        ({"status": "FAILED", "error_message": "NSFW"}, "NSFW"),
+        ({"state": "error", "errorMsg": "timeout in worker"}, "timeout in worker"),
+        ({"status": "failed", "failure_detail": "bad frame"}, "bad frame"),
+        ({"status": "failed", "task_error": {"message": "GPU lost"}}, "GPU lost"),
+        ({"status": "failed", "lastError": {"code": "E1", "detail": "codec"}}, "codec"),
+        # an error object that says nothing is skipped, and so are non-objects named so
+        ({"status": "failed", "task_error": {"code": 3}, "error_type": "X"}, None),
+    ],
+)
+def test_failure_reasons_in_the_other_places_real_apis_use(
+    job: dict[str, Any], expected: str | None
+) -> None:
+    # The job's reasons beat its envelope's error objects, which beat an envelope's message.
+    payload = {"message": "Success", "request_error": {"message": "envelope"}, "data": job}
+    status = detect_status(payload)
+    assert status.state is FAILED
+    assert status.reason == (expected or "envelope")
+
+
 @pytest.mark.parametrize("payload", HOSTILE_PAYLOADS)
 def test_failure_reason_on_non_objects_is_none(payload: Any) -> None:
     assert failure_reason(payload) is None

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from flows.core.files import (
     MAX_FILENAME_BYTES,
@@ -15,6 +19,8 @@ from flows.core.files import (
     is_specific_mimetype,
     safe_filename,
     sniff_mimetype,
+    storage_prefix,
+    storage_segment,
 )
 
 
@@ -336,3 +342,101 @@ def test_a_data_uri_error_never_quotes_the_data() -> None:
     with pytest.raises(ValueError) as caught:
         decode_data_uri(f"data:video/mp4;base64,{payload}")
     assert "Zm9v" not in str(caught.value)
+
+
+# -- the job id's folder ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "task_id",
+    ["abc123", "3f2a9c1e-7b4d-4c1a-9f00-aa11bb22cc33", "job_0f3a", "video_68d.v2", "-x", "7"],
+)
+def test_a_plainly_safe_id_is_its_own_folder(task_id):
+    assert storage_segment(task_id) == task_id
+
+
+@pytest.mark.parametrize(
+    ("task_id", "prefix"),
+    [
+        ("..", ""),
+        (".", ""),
+        ("../..", "_.."),
+        ("../other_method/T1", "_other_method_T1"),
+        ("a/b", "a_b"),
+        ("a\\b", "a_b"),
+        ("JobA", "JobA"),
+        ("abc.", "abc."),
+        (".hidden", "hidden"),
+        ("con", "con"),
+        ("nul.txt", "nul.txt"),
+        ("", ""),
+        ("x" * 10_000, "x" * 40),
+        ("nul\x00inside", "nul_inside"),
+        ("projects/p/operations/1", "projects_p_operations_1"),
+    ],
+)
+def test_any_other_id_keeps_a_readable_prefix_and_a_hash(task_id, prefix):
+    segment = storage_segment(task_id)
+    readable, tilde, digest = segment.rpartition("~")
+    assert (readable, tilde) == (prefix, "~")
+    assert len(digest) == 32
+    assert all(char in "0123456789abcdef" for char in digest)
+
+
+SEGMENT_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-~")
+ANY_ID = st.one_of(
+    st.text(max_size=300),
+    st.text(alphabet="aA./\\_-~ \x00", max_size=12),
+    st.sampled_from(["..", ".", "a", "A", "con", "abc.", "x" * 65, "x" * 64]),
+)
+
+
+@given(ANY_ID)
+def test_a_segment_is_one_bounded_safe_name(task_id):
+    segment = storage_segment(task_id)
+    assert 1 <= len(segment) <= 73
+    assert set(segment) <= SEGMENT_SAFE
+    assert segment not in (".", "..")
+    assert not segment.startswith(".")
+    assert not segment.endswith(".")
+    assert not any(unicodedata.category(char) == "Cc" for char in segment)
+
+
+@given(ANY_ID, ANY_ID)
+def test_distinct_ids_never_share_a_folder_even_on_a_case_insensitive_filesystem(one, other):
+    if one != other:
+        assert storage_segment(one).casefold() != storage_segment(other).casefold()
+
+
+def test_ids_that_only_differ_in_case_or_in_unsafe_characters_get_distinct_segments():
+    ids = ["joba", "JobA", "JOBA", "a/b", "a_b", "a\\b", "a b", "a:b", "..", "._."]
+    segments = {storage_segment(task_id).casefold() for task_id in ids}
+    assert len(segments) == len(ids)
+
+
+@pytest.mark.parametrize(
+    ("inventory_key", "name", "expected"),
+    [
+        ("heygen", "create_avatar_video_v2", "heygen/create_avatar_video_v2/t1"),
+        ("Acme", "Video v2.1", "Acme/Video v2.1/t1"),
+        ("acme", "odd/names", "acme/odd_names~"),
+        ("..", "x", "~"),
+        ("acme", "../other", "acme/_other~"),
+        ("acme", "a~b", "acme/a_b~"),
+        ("acme", "name.", "acme/name.~"),
+        ("CON", "x", "CON~"),
+    ],
+)
+def test_a_methods_folders_are_its_names_when_harmless(inventory_key, name, expected):
+    prefix = storage_prefix(inventory_key, name, "t1")
+    assert prefix.startswith(expected)
+    assert prefix.count("/") == 2
+
+
+@given(ANY_ID, ANY_ID, ANY_ID)
+def test_a_storage_prefix_is_always_three_safe_segments(inventory_key, name, task_id):
+    segments = storage_prefix(inventory_key, name, task_id).split("/")
+    assert len(segments) == 3
+    for segment in segments:
+        assert segment.strip(".") and "\\" not in segment
+        assert not any(unicodedata.category(char) == "Cc" for char in segment)

@@ -145,25 +145,44 @@ def test_text_without_secrets_is_unchanged() -> None:
     assert Redactor(["sk-123456"])(text) == text
 
 
-def test_scrub_walks_dicts_lists_and_tuples_leaving_keys_alone() -> None:
-    redact = Redactor(["sk-123456"])
+def test_scrub_replaces_secret_values_in_strings_and_keys_at_any_depth() -> None:
+    redact = Redactor(["sk-123456", "ab+cd/ef"])
     value = {
         "sk-123456": "key sk-123456",
-        "urls": ["https://cdn.test/a?sig=1", ("sk-123456", 3)],
+        "echo": "?k=ab%2Bcd%2Fef&j=ab%2bcd%2fef",
+        "urls": ["https://cdn.test/a?sig=1", ("sk%2D123456", "sk-123456", 3)],
         "n": 1,
         "none": None,
-        "nested": {"msg": "https://u:pw@h.test"},
+        "nested": {"msg": "https://u:pw@h.test", "deeper": [{"x-sk-123456-y": True}]},
     }
     assert redact.scrub(value) == {
-        "sk-123456": f"key {REDACTED}",
-        "urls": [f"https://cdn.test/a?sig={REDACTED}", (REDACTED, 3)],
+        REDACTED: f"key {REDACTED}",
+        "echo": f"?k={REDACTED}&j={REDACTED}",
+        # Only the known values: URLs keep their query and password as sent.
+        "urls": ["https://cdn.test/a?sig=1", ("sk%2D123456", REDACTED, 3)],
         "n": 1,
         "none": None,
-        "nested": {"msg": f"https://u:{REDACTED}@h.test"},
+        "nested": {"msg": "https://u:pw@h.test", "deeper": [{f"x-{REDACTED}-y": True}]},
     }
+
+
+def test_scrub_returns_a_payload_without_secrets_as_it_is() -> None:
+    payload = {"a": ["b", {"c": "https://h.test/?token=1"}]}
+    assert Redactor(["sk-123456"]).scrub(payload) is payload
+    assert Redactor().scrub(payload) is payload
 
 
 def test_scrub_does_not_modify_its_input() -> None:
     original = {"a": ["sk-123456"]}
     Redactor(["sk-123456"]).scrub(original)
     assert original == {"a": ["sk-123456"]}
+
+
+def test_scrub_handles_json_as_deep_as_the_parser_allows() -> None:
+    deep: object = "sk-123456"
+    for _ in range(50_000):
+        deep = [deep]
+    scrubbed = Redactor(["sk-123456"]).scrub({"d": deep})["d"]
+    for _ in range(50_000):
+        scrubbed = scrubbed[0]
+    assert scrubbed == REDACTED

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import pytest
 
-from flows.core.urls import may_receive_credentials, origin, same_origin, unsafe_url_reason
+from flows.core.urls import (
+    may_receive_credentials,
+    may_use_private_addresses,
+    origin,
+    same_origin,
+    unsafe_address_reason,
+    unsafe_url_reason,
+)
 
 ENDPOINT = "https://api.heygen.com/v2/video/generate"
 
@@ -16,15 +25,24 @@ FAKE_DNS = {
     "internal.corp": ["10.1.2.3"],
     "meta.example.com": ["169.254.169.254"],
     "mapped.example.com": ["::ffff:169.254.169.254"],
+    "sixtofour.example.com": ["2002:a9fe:a9fe::1"],
+    "nat64.example.com": ["64:ff9b::a9fe:a9fe"],
     "localhost": ["127.0.0.1", "::1"],
     "api.heygen.com": ["10.9.9.9"],
 }
 
 
-def fake_resolve(host: str) -> list[str]:
-    if host not in FAKE_DNS:
-        raise OSError(f"unknown host {host}")
-    return FAKE_DNS[host]
+def reason_for(url: str, *, endpoint: str = ENDPOINT, allow_private: bool = False) -> str | None:
+    """Why ``url`` is refused: by the URL alone, else by the addresses its host resolves to
+    (as the connection judges them, on the addresses it will use)."""
+    reason = unsafe_url_reason(url, endpoint=endpoint, allow_private=allow_private)
+    host = urlsplit(url).hostname or ""
+    if reason is not None or host not in FAKE_DNS:
+        return reason
+    private_allowed = may_use_private_addresses(
+        host, endpoint=endpoint, allow_private=allow_private
+    )
+    return unsafe_address_reason(host, FAKE_DNS[host], private_allowed=private_allowed)
 
 
 @pytest.mark.parametrize(
@@ -105,8 +123,7 @@ def test_may_receive_credentials(
     ],
 )
 def test_public_urls_may_be_fetched(url: str) -> None:
-    reason = unsafe_url_reason(url, endpoint=ENDPOINT, allow_private=False, resolve=fake_resolve)
-    assert reason is None
+    assert reason_for(url) is None
 
 
 @pytest.mark.parametrize(
@@ -117,20 +134,17 @@ def test_public_urls_may_be_fetched(url: str) -> None:
         ("gopher://cdn.example.com/", "only http and https"),
         ("https:///v.mp4", "no host"),
         ("https://cdn.example.com:99999/v.mp4", "out of range"),
-        ("https://nowhere.invalid/v.mp4", "cannot resolve host"),
     ],
 )
-def test_malformed_or_unresolvable_urls_are_refused(url: str, fragment: str) -> None:
-    reason = unsafe_url_reason(url, endpoint=ENDPOINT, allow_private=True, resolve=fake_resolve)
+def test_malformed_urls_are_refused(url: str, fragment: str) -> None:
+    reason = reason_for(url, allow_private=True)
     assert reason is not None
     assert fragment in reason
 
 
-def test_a_name_resolving_to_nothing_is_refused() -> None:
-    reason = unsafe_url_reason(
-        "https://empty.test/x", endpoint=ENDPOINT, allow_private=True, resolve=lambda host: []
-    )
-    assert reason == "cannot resolve host empty.test"
+def test_an_answer_that_is_no_address_is_refused() -> None:
+    reason = unsafe_address_reason("odd.test", ["not-an-ip"], private_allowed=True)
+    assert reason == "odd.test resolves to 'not-an-ip', which is not an IP address"
 
 
 @pytest.mark.parametrize(
@@ -143,7 +157,15 @@ def test_a_name_resolving_to_nothing_is_refused() -> None:
         ("http://Metadata.Google.Internal./x", "cloud metadata"),
         ("http://meta.example.com/x", "resolves to cloud metadata address 169.254.169.254"),
         ("http://mapped.example.com/x", "cloud metadata"),
+        ("http://sixtofour.example.com/x", "cloud metadata address 169.254.169.254 (as 2002:"),
+        ("http://nat64.example.com/x", "cloud metadata"),
         ("http://[::ffff:169.254.169.254]/x", "cloud metadata"),
+        ("http://[2002:a9fe:a9fe::]/x", "cloud metadata"),
+        ("http://[64:ff9b::a9fe:a9fe]/x", "cloud metadata"),
+        ("http://[64:ff9b:1::a9fe:a9fe]/x", "cloud metadata"),
+        ("http://[::a9fe:a9fe]/x", "cloud metadata"),
+        ("http://[2001:0:4136:e378:8000:63bf:5601:5601]/x", "cloud metadata"),  # Teredo
+        ("http://[2002:a9fe:101::]/x", "link-local address 169.254.1.1"),
         ("http://169.254.10.1/x", "link-local"),
         ("http://[fe80::1]/x", "link-local"),
     ],
@@ -151,7 +173,7 @@ def test_a_name_resolving_to_nothing_is_refused() -> None:
 def test_link_local_and_metadata_addresses_are_always_refused(url: str, fragment: str) -> None:
     # Neither the setting nor being the endpoint's own host makes them safe.
     for endpoint in (ENDPOINT, url):
-        reason = unsafe_url_reason(url, endpoint=endpoint, allow_private=True, resolve=fake_resolve)
+        reason = reason_for(url, endpoint=endpoint, allow_private=True)
         assert reason is not None
         assert fragment in reason
 
@@ -173,17 +195,18 @@ def test_link_local_and_metadata_addresses_are_always_refused(url: str, fragment
         "http://[fc00::1]/v.mp4",
         "http://[fec0::1]/v.mp4",  # site-local
         "http://[::ffff:10.0.0.1]/v.mp4",
+        "http://[64:ff9b::10.0.0.1]/v.mp4",  # NAT64 to a private address
+        "http://[2002:0a00:0001::]/v.mp4",  # 6to4 of 10.0.0.1
         "http://internal.corp/v.mp4",
         "http://rebind.example.com/v.mp4",  # one private answer is enough
     ],
 )
 def test_private_addresses_need_permission(url: str) -> None:
-    refused = unsafe_url_reason(url, endpoint=ENDPOINT, allow_private=False, resolve=fake_resolve)
+    refused = reason_for(url)
     assert refused is not None
     assert "non-public address" in refused
     assert "TOOLFLOWS_ALLOW_PRIVATE_URLS" in refused
-    allowed = unsafe_url_reason(url, endpoint=ENDPOINT, allow_private=True, resolve=fake_resolve)
-    assert allowed is None
+    assert reason_for(url, allow_private=True) is None
 
 
 @pytest.mark.parametrize(
@@ -200,38 +223,18 @@ def test_private_addresses_need_permission(url: str) -> None:
 def test_private_addresses_on_the_endpoints_own_host(
     url: str, endpoint: str, allowed: bool
 ) -> None:
-    reason = unsafe_url_reason(url, endpoint=endpoint, allow_private=False, resolve=fake_resolve)
-    assert (reason is None) is allowed
+    assert (reason_for(url, endpoint=endpoint) is None) is allowed
 
 
-def test_ip_literals_are_not_resolved() -> None:
-    def no_dns(host: str) -> list[str]:
-        raise AssertionError(f"resolved {host}")
-
-    assert (
-        unsafe_url_reason(
-            "http://8.8.8.8/x", endpoint=ENDPOINT, allow_private=False, resolve=no_dns
-        )
-        is None
-    )
-
-
-def test_the_default_resolver_handles_literals_and_localhost() -> None:
-    # No network: an IP literal is never resolved, and "localhost" resolves locally.
-    assert (
-        unsafe_url_reason("http://127.0.0.1/x", endpoint=ENDPOINT, allow_private=False) is not None
-    )
-    localhost = unsafe_url_reason("http://localhost/x", endpoint=ENDPOINT, allow_private=False)
-    assert localhost is not None
-    assert "non-public" in localhost
+def test_a_host_name_is_left_to_the_connection() -> None:
+    """No DNS here: the connection resolves, checks and uses the same addresses."""
+    assert unsafe_url_reason("http://localhost/x", endpoint=ENDPOINT, allow_private=False) is None
+    assert unsafe_url_reason("http://127.0.0.1/x", endpoint=ENDPOINT, allow_private=False)
 
 
 def test_reasons_never_contain_the_query() -> None:
     reason = unsafe_url_reason(
-        "http://10.0.0.1/v.mp4?sig=s3cr3t",
-        endpoint=ENDPOINT,
-        allow_private=False,
-        resolve=fake_resolve,
+        "http://10.0.0.1/v.mp4?sig=s3cr3t", endpoint=ENDPOINT, allow_private=False
     )
     assert reason is not None
     assert "s3cr3t" not in reason
