@@ -17,7 +17,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.deployments import run_deployment
-from prefect.states import Cancelling, Scheduled
+from prefect.states import Cancelling
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from deployments.registry import register_definitions
@@ -31,12 +31,11 @@ from flows.pipelines import image_to_video_pipeline
 from tests.helpers import PARAMS, fake_method, generic_definition, run
 from tests.prefect_stack import moto_s3, save_s3_bucket, wait_for
 from tests.test_served_runs import (
+    assert_one_submit_collected,
+    crash_then_rerun,
     deployment_exists,
     flow_run_process,
-    read_flow_run,
-    read_flow_run_result,
     served,
-    status_checks,
 )
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -322,37 +321,17 @@ def test_a_block_edit_between_crash_and_rerun_does_not_submit_again(
     run_coro_as_sync(register_definitions([method]))
     with served(prefect_api, tmp_path / "runner.log") as (deployment, runner_pid):
         wait_for(lambda: deployment_exists(deployment), 60, "the served deployment")
-        flow_run = run_deployment(
-            deployment,
-            parameters={"method": method.qualified_name, "params": PARAMS["heygen"]},
-            timeout=0,
-        )
-        wait_for(lambda: status_checks(fresh_fake) >= 1, 90, "the first status check")
-        os.kill(flow_run_process(runner_pid), signal.SIGKILL)
-        wait_for(lambda: read_flow_run(flow_run.id).state_type.value == "CRASHED", 120, "a crash")
 
-        # Between the crash and the rerun, someone edits the method in the UI.
-        edited = method.model_copy(deep=True)
-        edited.adapter_config.polling.max_wait_seconds = 90
-        run_coro_as_sync(register_definitions([edited]))
-        rerun(flow_run.id)
-        wait_for(lambda: read_flow_run(flow_run.id).state_type.value == "COMPLETED", 180, "done")
-        result = run_coro_as_sync(read_flow_run_result(flow_run.id))
+        def edit_the_method() -> None:
+            """Between the crash and the rerun, someone edits the method in the UI."""
+            edited = method.model_copy(deep=True)
+            edited.adapter_config.polling.max_wait_seconds = 90
+            run_coro_as_sync(register_definitions([edited]))
 
-    assert fresh_fake.submits("heygen") == 1
-    job = fresh_fake.jobs("heygen")[0]
-    assert result.task_id == job.id
-    assert result.files[0].sha256 == fresh_fake.expected_sha256(job.id)
+        parameters = {"method": method.qualified_name, "params": PARAMS["heygen"]}
+        result = crash_then_rerun(fresh_fake, deployment, runner_pid, parameters, edit_the_method)
 
-
-def rerun(flow_run_id: Any) -> None:
-    """What the UI's "Retry" does."""
-
-    async def schedule() -> None:
-        async with get_client() as client:
-            await client.set_flow_run_state(flow_run_id, Scheduled(), force=True)
-
-    run_coro_as_sync(schedule())
+    assert_one_submit_collected(fresh_fake, result)
 
 
 def test_cancelling_a_hung_served_batch_cancels_every_job_from_the_runner(

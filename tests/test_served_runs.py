@@ -7,9 +7,10 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -128,31 +129,49 @@ def test_a_crashed_run_rerun_resumes_the_same_job_without_a_second_submit(
     method = fake_method(
         fresh_fake, "heygen", max_wait_seconds=120, interval_seconds=0.3, max_interval_seconds=0.5
     )
+    parameters = {"method": method.model_dump(), "params": PARAMS["heygen"]}
     with served(prefect_api, tmp_path / "runner.log") as (deployment, runner_pid):
         wait_for(lambda: deployment_exists(deployment), 60, "the served deployment")
-        flow_run = run_deployment(
-            deployment,
-            parameters={"method": method.model_dump(), "params": PARAMS["heygen"]},
-            timeout=0,
-        )
-        wait_for(lambda: status_checks(fresh_fake) >= 1, 90, "the first status check")
-        os.kill(flow_run_process(runner_pid), signal.SIGKILL)
-        wait_for(lambda: read_flow_run(flow_run.id).state_type.value == "CRASHED", 120, "a crash")
+        result = crash_then_rerun(fresh_fake, deployment, runner_pid, parameters)
 
-        async def rerun() -> None:  # what the UI's "Retry" does
-            async with get_client() as client:
-                await client.set_flow_run_state(flow_run.id, Scheduled(), force=True)
+    assert_one_submit_collected(fresh_fake, result)
 
-        run_coro_as_sync(rerun())
-        wait_for(lambda: read_flow_run(flow_run.id).state_type.value == "COMPLETED", 180, "done")
-        # Read the result while the runner is up: a runner shutting down marks the runs
-        # it still tracks (a process still exiting) as cancelled.
-        result = run_coro_as_sync(read_flow_run_result(flow_run.id))
 
-    assert fresh_fake.submits("heygen") == 1
-    job = fresh_fake.jobs("heygen")[0]
+def crash_then_rerun(
+    fake: Any,
+    deployment: str,
+    runner_pid: int,
+    parameters: dict[str, Any],
+    before_rerun: Callable[[], None] = lambda: None,
+) -> Any:
+    """Start a run, SIGKILL its process after the first status check, rerun it; its result."""
+    flow_run = run_deployment(deployment, parameters=parameters, timeout=0)
+    wait_for(lambda: status_checks(fake) >= 1, 90, "the first status check")
+    os.kill(flow_run_process(runner_pid), signal.SIGKILL)
+    wait_for(lambda: read_flow_run(flow_run.id).state_type.value == "CRASHED", 120, "a crash")
+    before_rerun()
+    rerun(flow_run.id)
+    wait_for(lambda: read_flow_run(flow_run.id).state_type.value == "COMPLETED", 180, "done")
+    # Read the result while the runner is up: a runner shutting down marks the runs
+    # it still tracks (a process still exiting) as cancelled.
+    return run_coro_as_sync(read_flow_run_result(flow_run.id))
+
+
+def assert_one_submit_collected(fake: Any, result: Any) -> None:
+    assert fake.submits("heygen") == 1
+    job = fake.jobs("heygen")[0]
     assert result.task_id == job.id
-    assert result.files[0].sha256 == fresh_fake.expected_sha256(job.id)
+    assert result.files[0].sha256 == fake.expected_sha256(job.id)
+
+
+def rerun(flow_run_id: Any) -> None:
+    """What the UI's "Retry" does."""
+
+    async def schedule() -> None:
+        async with get_client() as client:
+            await client.set_flow_run_state(flow_run_id, Scheduled(), force=True)
+
+    run_coro_as_sync(schedule())
 
 
 def flow_run_process(runner_pid: int) -> int:
