@@ -7,8 +7,8 @@ few MiB behind. A connection broken mid-stream, or too slow to be alive
 (``TransferPace``), is resumed with ``Range`` where the server allows it, else
 restarted. A ``Content-Encoding`` (gzip, deflate) is undone as bytes arrive, a
 bounded piece at a time: the file stored is the one the user asked for, and a
-decompression bomb costs no memory. Output URLs never receive the method's
-credentials.
+decompression bomb costs no memory. Output URLs get the method's credentials
+only on the endpoint's own origin (SPEC §7).
 """
 
 from __future__ import annotations
