@@ -47,6 +47,8 @@ MAX_REDIRECTS = 10
 # A status or result document larger than this is not a status document: refuse
 # to parse it rather than hold an attacker-sized body in memory.
 MAX_JSON_BYTES = 16 * 1024 * 1024
+# An error answer is read only for the provider's words; more is not a message.
+ERROR_BODY_BYTES = 64 * 1024
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 USER_AGENT = "toolflows/0.1 (+prefect)"
 

@@ -40,6 +40,8 @@ from flows.core.errors import ErrorCode, ToolflowsError
 from flows.core.redact import display_text
 from flows.download import file_target, store_body
 from flows.http import (
+    ERROR_BODY_BYTES,
+    MAX_JSON_BYTES,
     current_session,
     http_error,
     is_file_response,
@@ -51,9 +53,6 @@ from flows.models import StoredFile, SubmittedJob
 from flows.reporting import JobJournal, current_journal, report_status
 
 T = TypeVar("T")
-
-ERROR_BODY_BYTES = 64 * 1024
-JSON_BODY_BYTES = 16 * 1024 * 1024
 
 
 class CheckAgain(Exception):
@@ -336,7 +335,7 @@ async def fetch_answer(
                 # The URL that answered, secrets filled in: fetched again as it is.
                 stored = await store_body(response, target, index=0, refetch_url=str(response.url))
                 return Answer(payload=None, url=session.url_of(response), files=(stored,))
-            await read_capped(response, JSON_BODY_BYTES)
+            await read_capped(response, MAX_JSON_BYTES)
             payload = parse_json(response, what=f"{what} answer", task_id=job.task_id)
             answered_by = session.url_of(response)
             return Answer(

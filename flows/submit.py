@@ -31,7 +31,15 @@ from flows.core.errors import ErrorCode, ToolflowsError
 from flows.core.redact import display_text
 from flows.core.templates import render_template, resolve_link
 from flows.download import FileTarget, file_target, store_body
-from flows.http import current_session, http_error, is_file_response, parse_json, read_capped
+from flows.http import (
+    ERROR_BODY_BYTES,
+    MAX_JSON_BYTES,
+    current_session,
+    http_error,
+    is_file_response,
+    parse_json,
+    read_capped,
+)
 from flows.models import SubmittedJob
 from flows.uploads import request_content
 
@@ -94,7 +102,7 @@ async def submit_job(
     submitted_at = time.time()
     async with _submit_response(method, params, job_key) as response:
         if response.status_code >= 400:
-            await read_capped(response, 64 * 1024)
+            await read_capped(response, ERROR_BODY_BYTES)
             raise http_error(response, what="submit", redact=session.redact)
         if is_file_response(response):
             # A synchronous API answered with the file itself.
@@ -106,7 +114,7 @@ async def submit_job(
                 payload_url=session.url_of(response),
                 files=[stored],
             )
-        await read_capped(response, 16 * 1024 * 1024)
+        await read_capped(response, MAX_JSON_BYTES)
         payload = parse_json(response, what="submit response")
         payload_url = session.url_of(response)
 

@@ -31,7 +31,13 @@ from flows.core.files import (
     filename_from_content_disposition,
     filename_from_url,
 )
-from flows.http import Credentials, current_session, http_error, read_capped
+from flows.http import (
+    ERROR_BODY_BYTES,
+    Credentials,
+    current_session,
+    http_error,
+    read_capped,
+)
 from flows.storage import S3FileStore, resolve_file_store
 
 SPOOL_CHUNK_BYTES = 1024 * 1024
@@ -141,7 +147,7 @@ async def _fetched(url: str, method: MethodDefinition, stack: AsyncExitStack) ->
     size = 0
     async with session.stream("GET", url, credentials=Credentials.ENDPOINT_ONLY) as response:
         if response.status_code >= 400:
-            await read_capped(response, 64 * 1024)
+            await read_capped(response, ERROR_BODY_BYTES)
             what = f"fetching multipart file {session.redact(url)}"
             raise http_error(response, what=what, redact=session.redact)
         async for chunk in response.aiter_bytes(SPOOL_CHUNK_BYTES):
