@@ -153,11 +153,7 @@ async def _fetched(url: str, method: MethodDefinition, stack: AsyncExitStack) ->
         async for chunk in response.aiter_bytes(SPOOL_CHUNK_BYTES):
             size += len(chunk)
             if size > limit:
-                raise ToolflowsError(
-                    ErrorCode.CONFIG_INVALID,
-                    f"multipart file {session.redact(url)} is larger than maxDownloadBytes "
-                    f"({limit} bytes)",
-                )
+                raise _larger_than(session.redact(url), limit)
             spool.write(chunk)
         spool.seek(0)
         named = filename_from_content_disposition(
@@ -176,15 +172,22 @@ async def _from_s3(reference: str, method: MethodDefinition, stack: AsyncExitSta
     parts = urlsplit(reference)
     client = await _s3_client(method)
     spool = _spool(stack)
+    limit = method.adapter_config.max_download_bytes
 
     def copy() -> str | None:
         answer = client.get_object(Bucket=parts.netloc, Key=parts.path.lstrip("/"))
+        size = 0
         for chunk in answer["Body"].iter_chunks(SPOOL_CHUNK_BYTES):
+            size += len(chunk)
+            if size > limit:
+                raise _larger_than(reference, limit)
             spool.write(chunk)
         return answer.get("ContentType")
 
     try:
         content_type = await asyncio.to_thread(copy)
+    except ToolflowsError:
+        raise
     except Exception as exc:  # botocore's errors: no such key, access denied, no credentials
         raise ToolflowsError(
             ErrorCode.CONFIG_INVALID, f"multipart file {reference}: cannot read it ({exc})"
@@ -195,6 +198,13 @@ async def _from_s3(reference: str, method: MethodDefinition, stack: AsyncExitSta
         content_type=content_type, head=spool.read(SNIFF_BYTES), filename=named
     )
     return Upload(named or f"upload{extension_for(mimetype)}", mimetype, spool)
+
+
+def _larger_than(source: str, limit: int) -> ToolflowsError:
+    return ToolflowsError(
+        ErrorCode.CONFIG_INVALID,
+        f"multipart file {source} is larger than maxDownloadBytes ({limit} bytes)",
+    )
 
 
 def _spool(stack: AsyncExitStack) -> BinaryIO:

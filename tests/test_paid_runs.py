@@ -295,6 +295,23 @@ def test_multipart_uploads_an_s3_object_with_the_methods_storage_credentials(fre
     assert fresh_fake.jobs("jobs")[0].input["image"] == part(picture, "cat.png", "image/png")
 
 
+def test_an_s3_upload_larger_than_max_download_bytes_submits_nothing(fresh_fake):
+    fresh_fake.script("jobs", polls_until_done=0)
+    with moto_s3() as endpoint:
+        client = save_s3_bucket(endpoint, "toolflows-inputs", "toolflows-inputs")
+        client.put_object(Bucket="toolflows-inputs", Key="in/big.bin", Body=os.urandom(300_000))
+        definition = form_definition(fresh_fake, "multipart")
+        definition["adapterConfig"]["storage"] = "s3-bucket/toolflows-inputs"
+        definition["adapterConfig"]["maxDownloadBytes"] = 100_000
+
+        with pytest.raises(ToolflowsError) as raised:
+            run(definition, {"image": {"file": "s3://toolflows-inputs/in/big.bin"}})
+
+    assert raised.value.code is ErrorCode.CONFIG_INVALID
+    assert "larger than maxDownloadBytes" in raised.value.message
+    assert fresh_fake.submits() == 0
+
+
 @pytest.mark.parametrize(
     "source",
     ["http://169.254.169.254/latest/meta-data/iam", "ftp://example.com/cat.png"],
