@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,6 +31,7 @@ from flows.console import show_download
 from flows.core.backoff import parse_retry_after
 from flows.core.definition import AdapterConfig, MethodDefinition
 from flows.core.detection import OutputRef, find_outputs
+from flows.core.encodings import BodyDecoder
 from flows.core.errors import ErrorCode, ToolflowsError
 from flows.core.files import (
     choose_filename,
@@ -60,9 +60,6 @@ MAX_ATTEMPTS = 5
 MIN_ATTEMPTS_PAST_DEADLINE = 3
 # Between tries: 1 s, doubling, at most this (or longer when the server asks).
 MAX_BACKOFF_SECONDS = 8.0
-# Content-Encodings undone on the way in (what httpx asks for by default).
-ENCODINGS = ("gzip", "x-gzip", "deflate")
-GZIP_WBITS = zlib.MAX_WBITS | 16
 
 
 @dataclass(frozen=True)
@@ -329,7 +326,12 @@ class _Transfer:
             try:
                 async with watch.waiting():
                     response = await responses.enter_async_context(opening)
-                    body = _Body(response, _Decoder.for_response(response), watch, offset=0)
+                    body = _Body(
+                        response,
+                        _decoder_of(response),
+                        watch,
+                        offset=0,
+                    )
                     head = await body.next_piece() or b""
             except httpx.TransportError as exc:
                 raise _BrokenTransfer(_describe(exc)) from exc
@@ -376,7 +378,7 @@ class _Transfer:
         watch = _Watch(self.target.pace)
         async with watch.waiting():
             response = await responses.enter_async_context(self._open(offset=offset))
-            decoder = _Decoder.for_response(response)
+            decoder = _decoder_of(response)
         if decoder.encoding or not _continues_at(response, offset, expected):
             raise _BrokenTransfer(
                 f"the answer to Range bytes={offset}- does not continue the file "
@@ -559,87 +561,6 @@ class _Watch:
         )
 
 
-class _Decoder:
-    """Undoes a body's ``Content-Encoding`` as it arrives, at most CHUNK_BYTES out a step.
-
-    httpx would inflate a whole network read at once (a 64 KiB read of a bomb
-    is 64 MiB); here each step is bounded, so memory stays flat at any ratio.
-    gzip and deflate (zlib-wrapped or raw, as servers send both) are known;
-    another encoding is refused by name rather than stored still encoded.
-    """
-
-    def __init__(self, encoding: str) -> None:
-        self.encoding = encoding  # "" for identity
-        self._gzip = "gzip" in encoding
-        self._inflater = zlib.decompressobj(GZIP_WBITS) if self._gzip else None
-        self._start = b""  # deflate: the first bytes, until they tell zlib from raw
-        self._fed = False
-
-    @classmethod
-    def for_response(cls, response: httpx.Response) -> _Decoder:
-        header = response.headers.get("content-encoding", "")
-        codings = [part.strip().lower() for part in header.split(",")]
-        codings = [coding for coding in codings if coding and coding != "identity"]
-        if not codings:
-            return cls("")
-        if len(codings) == 1 and codings[0] in ENCODINGS:
-            return cls(codings[0])
-        raise ToolflowsError(
-            ErrorCode.DOWNLOAD_FAILED,
-            f"cannot decode Content-Encoding {header[:60]!r} (gzip and deflate can be)",
-        )
-
-    def decode(self, data: bytes) -> Iterator[bytes]:
-        """The decoded bytes of ``data``, lazily, in pieces of at most CHUNK_BYTES."""
-        if not data:
-            return
-        if not self.encoding:
-            yield data
-            return
-        self._fed = True
-        if self._inflater is None:
-            self._start += data
-            if len(self._start) < 2:
-                return
-            data, self._start = self._start, b""
-            self._inflater = zlib.decompressobj(
-                zlib.MAX_WBITS if _is_zlib_header(data) else -zlib.MAX_WBITS
-            )
-        yield from self._inflate(data)
-
-    def finish(self) -> Iterator[bytes]:
-        """Check that the encoded stream ended where the body did (an empty body is empty)."""
-        if self._fed and (self._inflater is None or not self._inflater.eof):
-            raise self._broken("it ends early")
-        return iter(())
-
-    def _inflate(self, data: bytes) -> Iterator[bytes]:
-        inflater = self._inflater
-        assert inflater is not None
-        while True:
-            if inflater.eof:
-                # gzip allows several members one after the other; nothing else may follow.
-                if not data:
-                    return
-                if not self._gzip:
-                    raise self._broken("data after its end")
-                inflater = self._inflater = zlib.decompressobj(GZIP_WBITS)
-            try:
-                piece = inflater.decompress(data, CHUNK_BYTES)
-            except zlib.error as exc:
-                raise self._broken(str(exc)) from None
-            data = inflater.unused_data if inflater.eof else inflater.unconsumed_tail
-            if piece:
-                yield piece
-            if not data and len(piece) < CHUNK_BYTES:
-                return
-
-    def _broken(self, reason: str) -> ToolflowsError:
-        return ToolflowsError(
-            ErrorCode.DOWNLOAD_FAILED, f"the {self.encoding} body cannot be decoded: {reason}"
-        )
-
-
 class _Body:
     """The decoded bytes of one response; raw bytes counted, as Content-Length counts them.
 
@@ -647,7 +568,7 @@ class _Body:
     """
 
     def __init__(
-        self, response: httpx.Response, decoder: _Decoder, watch: _Watch, *, offset: int
+        self, response: httpx.Response, decoder: BodyDecoder, watch: _Watch, *, offset: int
     ) -> None:
         self.response = response
         self.decoder = decoder
@@ -783,9 +704,10 @@ def _continues_at(response: httpx.Response, offset: int, expected: int | None) -
     return expected is None or total == "*" or total == str(expected)
 
 
-def _is_zlib_header(data: bytes) -> bool:
-    """RFC 1950: deflate method, and the first two bytes a multiple of 31."""
-    return data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
+def _decoder_of(response: httpx.Response) -> BodyDecoder:
+    return BodyDecoder.for_header(
+        response.headers.get("content-encoding", ""), ErrorCode.DOWNLOAD_FAILED
+    )
 
 
 def _describe(exc: BaseException) -> str:

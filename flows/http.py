@@ -26,6 +26,7 @@ from urllib.parse import quote, quote_plus
 
 import httpx
 
+from flows.core.encodings import BodyDecoder
 from flows.core.errors import ErrorCode, ToolflowsError
 from flows.core.redact import Redactor
 from flows.core.templates import resolve_link, substitute_env
@@ -352,26 +353,26 @@ async def read_capped(response: ProviderResponse, limit: int) -> bytes:
             f"answer of {declared} bytes from {host} exceeds the {limit}-byte limit",
             http_status=response.status_code,
         )
+    decoder = BodyDecoder.for_header(
+        response.headers.get("content-encoding", ""), ErrorCode.HTTP_ERROR
+    )
     chunks = []
     size = 0
     async with _within(response.read_by, host):
         try:
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > limit:
-                    raise ToolflowsError(
-                        ErrorCode.HTTP_ERROR,
-                        f"answer from {host} exceeds the {limit}-byte limit",
-                        http_status=response.status_code,
-                    )
-                chunks.append(chunk)
-        except httpx.DecodingError as exc:
-            encoding = response.headers.get("content-encoding", "none")
-            raise ToolflowsError(
-                ErrorCode.HTTP_ERROR,
-                f"answer from {host} cannot be decoded (content-encoding {encoding}): {exc}",
-                http_status=response.status_code,
-            ) from None
+            async for raw in response.aiter_raw():
+                for chunk in decoder.decode(raw):
+                    size += len(chunk)
+                    if size > limit:
+                        raise ToolflowsError(
+                            ErrorCode.HTTP_ERROR,
+                            f"answer from {host} exceeds the {limit}-byte limit",
+                        )
+                    chunks.append(chunk)
+            decoder.finish()
+        except ToolflowsError as error:
+            error.http_status = response.status_code
+            raise
     response.body = b"".join(chunks)
     return response.body
 
