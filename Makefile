@@ -8,11 +8,12 @@ STAMP := $(VENV)/.installed-stamp
 
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: demo test lint bench system-deps
+.PHONY: demo test lint bench lock system-deps
 
-$(STAMP): pyproject.toml
+# pyproject.toml declares the supported ranges; constraints.txt pins what is installed here.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -41,3 +42,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# Re-pin constraints.txt to the newest versions within pyproject's ranges.
+lock:
+	rm -rf $(VENV)-lock && $(PYTHON) -m venv $(VENV)-lock
+	$(VENV)-lock/bin/python -m pip install --quiet --disable-pip-version-check ".[test]"
+	{ sed -n '/^#/p' constraints.txt; $(VENV)-lock/bin/python -m pip freeze --exclude toolflows; } > constraints.new
+	mv constraints.new constraints.txt && rm -rf $(VENV)-lock

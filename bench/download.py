@@ -123,8 +123,8 @@ def measure(size: int, s3_endpoint: str, context_runs: bool) -> dict[str, Any]:
 
     from bench.fakectl import FakeClient
     from bench.methods import LogWatch, method_at_fake
-    from flows.engine import run_tool_method
     from tests.prefect_stack import save_s3_bucket
+    from toolflows.engine import run_tool_method
 
     fake = FakeClient.from_env()
     s3 = save_s3_bucket(s3_endpoint, BUCKET, BLOCK_NAME)

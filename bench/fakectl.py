@@ -40,7 +40,7 @@ def _job_record(job: Any) -> dict[str, Any]:
 
 def _serve() -> None:
     """Child side: start the fake, print its URLs, answer calls until ``stop``."""
-    from flows.fake_provider import FakeProvider
+    from toolflows.fake_provider import FakeProvider
 
     authkey = bytes.fromhex(os.environ[AUTHKEY_ENV])
     with FakeProvider() as fake, Listener(("127.0.0.1", 0), authkey=authkey) as listener:

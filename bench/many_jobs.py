@@ -177,8 +177,8 @@ def measure_toolflows(jobs: int, seconds: float, interval: float, server_pid: in
 
     from bench.fakectl import FakeClient
     from bench.methods import LogWatch, method_at_fake
-    from flows.batch import run_batch
-    from flows.models import ToolResult
+    from toolflows.batch import run_batch
+    from toolflows.models import ToolResult
 
     fake = FakeClient.from_env()
     method = method_at_fake(

@@ -12,8 +12,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from deployments.registry import load_preset
-from flows.demo import retarget
+from toolflows.demo import retarget
+from toolflows.deployments.registry import load_preset
 
 
 def method_at_fake(

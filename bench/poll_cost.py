@@ -127,8 +127,8 @@ def _measure_toolflows(polls: int, repeats: int, server_pid: int) -> dict[str, A
 
     from bench.fakectl import FakeClient
     from bench.methods import method_at_fake
-    from flows.core.definition import MIN_POLL_INTERVAL_SECONDS
-    from flows.engine import run_tool_method
+    from toolflows.core.definition import MIN_POLL_INTERVAL_SECONDS
+    from toolflows.engine import run_tool_method
 
     fake = FakeClient.from_env()
     method = method_at_fake(

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bench.common import Context, Row
-from flows.core.backoff import PollSchedule
+from toolflows.core.backoff import PollSchedule
 
 DEADLINE = 3600.0
 DURATIONS = (30.0, 300.0, 1800.0)

@@ -1,5 +1,5 @@
 """What toolflows stores in Prefect: the ``ToolMethod`` block."""
 
-from blocks.tool_method import ToolMethod
+from toolflows.blocks.tool_method import ToolMethod
 
 __all__ = ["ToolMethod"]

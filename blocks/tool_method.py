@@ -7,7 +7,7 @@ from typing import ClassVar
 from prefect.blocks.core import Block
 from pydantic import ConfigDict
 
-from flows.core.definition import MethodDefinition
+from toolflows.core.definition import MethodDefinition
 
 
 class ToolMethod(MethodDefinition, Block):
@@ -18,7 +18,7 @@ class ToolMethod(MethodDefinition, Block):
 
     Example:
         ```python
-        from blocks import ToolMethod
+        from toolflows.blocks import ToolMethod
         method = ToolMethod.load("heygen-create-avatar-video-v2")
         ```
     """

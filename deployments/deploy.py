@@ -1,7 +1,7 @@
 """Deployments of the saved methods: one per enabled ToolMethod block, plus the generic flow.
 
-Entrypoints are module paths (``flows.engine.run_tool_method``,
-``deployments.method_flows.heygen_create_avatar_video_v2``), not files: the
+Entrypoints are module paths (``toolflows.engine.run_tool_method``,
+``toolflows.deployments.method_flows.heygen_create_avatar_video_v2``), not files: the
 code is installed where flows run (``pip install -e .``), so the runner of
 ``serve`` and a process worker both import it, and no code storage or pull
 step is needed (a deployment with a module-path entrypoint and no pull steps
@@ -22,10 +22,10 @@ from prefect.exceptions import ObjectNotFound
 from prefect.runner import Runner
 from prefect.types.entrypoint import EntrypointType
 
-from deployments.method_flows import method_flow
-from deployments.registry import saved_methods
-from flows.core.errors import ErrorCode, ToolflowsError
-from flows.engine import run_tool_method
+from toolflows.core.errors import ErrorCode, ToolflowsError
+from toolflows.deployments.method_flows import method_flow
+from toolflows.deployments.registry import saved_methods
+from toolflows.engine import run_tool_method
 
 GENERIC_DEPLOYMENT = "run-tool-method"
 

@@ -8,7 +8,7 @@ the method's block at run time, so edits made to the block in the UI apply to
 the next run.
 
 Deployments name these flows by attribute of this module, one per ToolMethod
-block (``-`` becomes ``_``): ``deployments.method_flows.heygen_create_avatar_video_v2``
+block (``-`` becomes ``_``): ``toolflows.deployments.method_flows.heygen_create_avatar_video_v2``
 or ``deployments/method_flows.py:heygen_create_avatar_video_v2`` is the block
 ``heygen-create-avatar-video-v2``. No attribute is written per method: the
 module ``__getattr__`` (PEP 562) builds the flow from the saved block on first
@@ -31,17 +31,17 @@ from prefect.states import State
 from prefect.types import BANNED_CHARACTERS
 from prefect.utilities.asyncutils import run_coro_as_sync
 
-from blocks import ToolMethod
-from deployments.flow_parameters import (
+from toolflows.blocks import ToolMethod
+from toolflows.cancel import cancel_remote_job
+from toolflows.core.definition import MethodDefinition, parse_definition
+from toolflows.deployments.flow_parameters import (
     FlowParameter,
     flow_parameters,
     flow_signature,
     request_params,
 )
-from flows.cancel import cancel_remote_job
-from flows.core.definition import MethodDefinition, parse_definition
-from flows.engine import run_tool_method
-from flows.models import ToolResult
+from toolflows.engine import run_tool_method
+from toolflows.models import ToolResult
 
 # Attributes that may name a block: what a block name becomes with `-` → `_`.
 # Anything else (dunders probed by pickle, inspect, pytest) never calls the API.

@@ -7,10 +7,10 @@ from pathlib import Path
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 
-from blocks import ToolMethod
-from flows.core.definition import MethodDefinition, parse_definition
-from flows.core.errors import ToolflowsError
-from flows.methods import read_definition_file
+from toolflows.blocks import ToolMethod
+from toolflows.core.definition import MethodDefinition, parse_definition
+from toolflows.core.errors import ToolflowsError
+from toolflows.methods import read_definition_file
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 

@@ -3,7 +3,7 @@
 Every params set is validated before the first submit; then each job runs as
 a coroutine on the flow's event loop (no process or thread per job), all
 sharing the run's provider session; their status checks are made together,
-in rounds (``flows.rounds``). ``maxConcurrency`` bounds the jobs in flight
+in rounds (``toolflows.rounds``). ``maxConcurrency`` bounds the jobs in flight
 inside this run; the method's ``concurrencyLimit`` bounds them across all
 runs. One job's failure does not lose the others: each comes back as a result
 or as an error document.
@@ -18,20 +18,20 @@ from typing import Any
 from prefect import flow
 from prefect.logging import get_run_logger
 
-from flows.cancel import cancel_remote_jobs
-from flows.core.errors import ToolflowsError
-from flows.engine import run_job
-from flows.methods import load_method, params_checker, prepare_method, session_for
-from flows.models import BatchResult, ErrorResult, ToolResult
-from flows.reporting import publish_batch
-from flows.rounds import StatusRounds, status_rounds
-from flows.together import all_settled, raise_first_error
+from toolflows.cancel import cancel_remote_jobs
+from toolflows.core.errors import ToolflowsError
+from toolflows.engine import run_job
+from toolflows.methods import load_method, params_checker, prepare_method, session_for
+from toolflows.models import BatchResult, ErrorResult, ToolResult
+from toolflows.reporting import publish_batch
+from toolflows.rounds import StatusRounds, status_rounds
+from toolflows.together import all_settled, raise_first_error
 
 # Submits sent at once: enough to keep a provider busy, few enough that the
 # first jobs are submitted (and checked) while the rest wait their turn.
 SUBMITS_IN_FLIGHT = 16
 # Jobs downloading at once. With the submits and a round's checks this keeps
-# the requests in flight within the session's pool (``flows.http``), so none
+# the requests in flight within the session's pool (``toolflows.http``), so none
 # waits for a connection with a timeout running.
 DOWNLOADS_IN_FLIGHT = 8
 

@@ -23,12 +23,12 @@ from prefect.exceptions import MissingContextError
 from prefect.logging import get_logger, get_run_logger
 from prefect.states import State
 
-from flows.core.definition import MethodDefinition
-from flows.core.templates import render_template, resolve_link
-from flows.http import current_session
-from flows.methods import load_method, prepare_method, session_for
-from flows.models import SubmittedJob
-from flows.submit import resumed_job, submit_job
+from toolflows.core.definition import MethodDefinition
+from toolflows.core.templates import render_template, resolve_link
+from toolflows.http import current_session
+from toolflows.methods import load_method, prepare_method, session_for
+from toolflows.models import SubmittedJob
+from toolflows.submit import resumed_job, submit_job
 
 CancellationHook = Callable[[Flow[..., Any], FlowRun, State[Any]], Awaitable[None]]
 # Task runs read per API request, and cancel requests in flight, when a hook

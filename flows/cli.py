@@ -17,8 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from flows.core.errors import ErrorCode, ToolflowsError
-from flows.methods import load_method, prepare_method, read_definition_file
+from toolflows.core.errors import ErrorCode, ToolflowsError
+from toolflows.methods import load_method, prepare_method, read_definition_file
 
 # The embedded server starts in 20-30 s on a loaded 2-core machine; Prefect's
 # default of 20 s makes the first run fail there.
@@ -84,7 +84,7 @@ def _run(args: argparse.Namespace) -> int:
         # whose ${VAR} are set is checked without even importing Prefect.
         definition = await load_method(args.method)
         await prepare_method(definition, params, submitting=args.resume is None)
-        from flows.engine import run_tool_method
+        from toolflows.engine import run_tool_method
 
         return await run_tool_method(args.method, params, args.resume)
 
@@ -99,7 +99,7 @@ def _register(args: argparse.Namespace) -> int:
         ]
     except ToolflowsError as error:
         return _print_error(error)
-    from deployments.registry import register_definitions
+    from toolflows.deployments.registry import register_definitions
 
     with _stdout_to_stderr() as stdout:
         try:
@@ -111,13 +111,13 @@ def _register(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from flows.demo import run_demo
+    from toolflows.demo import run_demo
 
     return _print_outcome(run_demo)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from deployments.deploy import serve_methods
+    from toolflows.deployments.deploy import serve_methods
 
     with _stdout_to_stderr() as stdout:
 
@@ -137,7 +137,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _deploy(args: argparse.Namespace) -> int:
-    from deployments.deploy import deploy_methods
+    from toolflows.deployments.deploy import deploy_methods
 
     with _stdout_to_stderr() as stdout:
         try:
@@ -207,7 +207,7 @@ def _write(stream: Any, document: dict[str, Any]) -> None:
 @contextmanager
 def _live_line_on_terminal() -> Iterator[None]:
     """On a terminal, a redrawn status line replaces the INFO log lines."""
-    from flows.console import start_live_line, stop_live_line
+    from toolflows.console import start_live_line, stop_live_line
 
     if not sys.stderr.isatty():
         yield

@@ -12,12 +12,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 from prefect.logging import get_logger
 
-from deployments.registry import load_preset
-from flows.core.definition import MethodDefinition
-from flows.core.errors import ErrorCode, ToolflowsError
-from flows.engine import run_tool_method
-from flows.fake_provider import FakeProvider
-from flows.models import ToolResult
+from toolflows.core.definition import MethodDefinition
+from toolflows.core.errors import ErrorCode, ToolflowsError
+from toolflows.deployments.registry import load_preset
+from toolflows.engine import run_tool_method
+from toolflows.fake_provider import FakeProvider
+from toolflows.models import ToolResult
 
 DEMO_PARAMS = {
     "video_inputs": [

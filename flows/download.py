@@ -27,23 +27,23 @@ import httpx
 from prefect import task
 from prefect.logging import get_run_logger
 
-from flows.console import show_download
-from flows.core.backoff import parse_retry_after
-from flows.core.definition import AdapterConfig, MethodDefinition
-from flows.core.detection import OutputRef, find_outputs
-from flows.core.encodings import BodyDecoder
-from flows.core.errors import ErrorCode, ToolflowsError
-from flows.core.files import (
+from toolflows.console import show_download
+from toolflows.core.backoff import parse_retry_after
+from toolflows.core.definition import AdapterConfig, MethodDefinition
+from toolflows.core.detection import OutputRef, find_outputs
+from toolflows.core.encodings import BodyDecoder
+from toolflows.core.errors import ErrorCode, ToolflowsError
+from toolflows.core.files import (
     choose_filename,
     choose_mimetype,
     decode_data_uri,
     filename_from_url,
     storage_prefix,
 )
-from flows.core.templates import resolve_link
-from flows.http import Credentials, current_session, is_transient_status, parse_json
-from flows.models import StoredFile, SubmittedJob, Warning_
-from flows.storage import FileStore, Upload, resolve_file_store, storage_failure
+from toolflows.core.templates import resolve_link
+from toolflows.http import Credentials, current_session, is_transient_status, parse_json
+from toolflows.models import StoredFile, SubmittedJob, Warning_
+from toolflows.storage import FileStore, Upload, resolve_file_store, storage_failure
 
 # In-memory data is written in chunks of this size, and a compressed body is
 # inflated at most this much at a time (whatever its ratio).

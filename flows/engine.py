@@ -1,7 +1,7 @@
 """The ``run_tool_method`` flow: submit → poll → (fetch result) → download.
 
 The flow strings the steps together and makes the decisions between them;
-the rules it applies live in ``flows.core`` and the steps in their modules.
+the rules it applies live in ``toolflows.core`` and the steps in their modules.
 """
 
 from __future__ import annotations
@@ -16,22 +16,29 @@ from prefect import flow
 from prefect.logging import get_run_logger
 from prefect.utilities.asyncutils import run_coro_as_sync
 
-from flows.cancel import cancel_job, cancel_remote_job
-from flows.core.definition import MethodDefinition
-from flows.core.detection import JobState, find_outputs, find_result_link
-from flows.core.errors import ErrorCode, ToolflowsError
-from flows.core.templates import render_template, resolve_link
-from flows.download import download_outputs
-from flows.limits import provider_slot
-from flows.methods import PreparedMethod, load_method, prepare_method, session_for
-from flows.models import SubmittedJob, ToolResult
-from flows.poll import Answer, check_status, fetch_result, paced, raise_if_unsuccessful, status_of
-from flows.reporting import job_journal, publish_failure, publish_success
-from flows.rounds import StatusRounds
-from flows.submit import resumed_job, submit_job
+from toolflows.cancel import cancel_job, cancel_remote_job
+from toolflows.core.definition import MethodDefinition
+from toolflows.core.detection import JobState, find_outputs, find_result_link
+from toolflows.core.errors import ErrorCode, ToolflowsError
+from toolflows.core.templates import render_template, resolve_link
+from toolflows.download import download_outputs
+from toolflows.limits import provider_slot
+from toolflows.methods import PreparedMethod, load_method, prepare_method, session_for
+from toolflows.models import SubmittedJob, ToolResult
+from toolflows.poll import (
+    Answer,
+    check_status,
+    fetch_result,
+    paced,
+    raise_if_unsuccessful,
+    status_of,
+)
+from toolflows.reporting import job_journal, publish_failure, publish_success
+from toolflows.rounds import StatusRounds
+from toolflows.submit import resumed_job, submit_job
 
 if TYPE_CHECKING:
-    from flows.batch import JobGroup
+    from toolflows.batch import JobGroup
 
 # How long a cancelled or timed-out run may spend asking the provider to cancel.
 CANCEL_GRACE_SECONDS = 30

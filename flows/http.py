@@ -2,7 +2,7 @@
 
 Every request of a run goes through one ``ProviderSession``: it owns the only
 ``httpx.AsyncClient`` of the run (pooled keep-alive connections on checked
-addresses, ``flows.transport``), fills ``${VAR}`` only in URLs the definition
+addresses, ``toolflows.transport``), fills ``${VAR}`` only in URLs the definition
 wrote, follows redirects itself so configured headers never leave their origin
 (httpx strips only ``Authorization``), refuses unsafe URLs on every hop, bounds
 each request's total time, and turns what goes wrong into ``ToolflowsError``
@@ -26,12 +26,16 @@ from urllib.parse import quote, quote_plus
 
 import httpx
 
-from flows.core.encodings import BodyDecoder
-from flows.core.errors import ErrorCode, ToolflowsError
-from flows.core.redact import Redactor
-from flows.core.templates import resolve_link, substitute_env
-from flows.core.urls import may_receive_credentials, may_use_private_addresses, unsafe_url_reason
-from flows.transport import (
+from toolflows.core.encodings import BodyDecoder
+from toolflows.core.errors import ErrorCode, ToolflowsError
+from toolflows.core.redact import Redactor
+from toolflows.core.templates import resolve_link, substitute_env
+from toolflows.core.urls import (
+    may_receive_credentials,
+    may_use_private_addresses,
+    unsafe_url_reason,
+)
+from toolflows.transport import (
     CheckedNetwork,
     CheckedTransport,
     ProviderResponse,
@@ -41,7 +45,7 @@ from flows.transport import (
 )
 
 CONNECT_TIMEOUT_SECONDS = 10.0
-# The run's pool. A batch keeps its requests in flight below it (``flows.batch``);
+# The run's pool. A batch keeps its requests in flight below it (``toolflows.batch``);
 # httpcore pays CPU per pooled connection for every request it places.
 MAX_CONNECTIONS = 32
 MAX_REDIRECTS = 10

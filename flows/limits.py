@@ -14,8 +14,8 @@ from contextlib import asynccontextmanager
 
 from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, concurrency, rate_limit
 
-from flows.core.definition import MethodDefinition
-from flows.core.errors import ErrorCode, ToolflowsError
+from toolflows.core.definition import MethodDefinition
+from toolflows.core.errors import ErrorCode, ToolflowsError
 
 
 @asynccontextmanager

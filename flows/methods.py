@@ -23,11 +23,11 @@ from typing import Any
 import jsonschema
 import yaml
 
-from flows.core.definition import MethodDefinition, parse_definition, slugify
-from flows.core.errors import ErrorCode, ToolflowsError
-from flows.core.redact import Redactor
-from flows.core.templates import env_placeholders, substitute_env
-from flows.http import ProviderSession, provider_session
+from toolflows.core.definition import MethodDefinition, parse_definition, slugify
+from toolflows.core.errors import ErrorCode, ToolflowsError
+from toolflows.core.redact import Redactor
+from toolflows.core.templates import env_placeholders, substitute_env
+from toolflows.http import ProviderSession, provider_session
 
 DEFINITION_SUFFIXES = (".json", ".yaml", ".yml")
 
@@ -108,7 +108,7 @@ async def load_method(method: str | dict[str, Any] | MethodDefinition) -> Method
                 f"{method} holds {len(definitions)} definitions; register them and run one by name",
             )
         return definitions[0]
-    from blocks import ToolMethod
+    from toolflows.blocks import ToolMethod
 
     name = block_name_for(method)
     try:

@@ -7,7 +7,7 @@ from typing import Any, BinaryIO, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from flows.storage import open_stored, presigned_url
+from toolflows.storage import open_stored, presigned_url
 
 
 class CamelModel(BaseModel):

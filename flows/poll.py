@@ -5,7 +5,7 @@ One status check is one task attempt. A check that finds the job still running
 carrying the next delay of our backoff schedule; the retry condition
 ``pace_next_check`` hands that delay to Prefect, which shows the task as
 AwaitingRetry until then. Anything else (4xx, a failed job) fails fast. The
-jobs of a batch share their checks' task attempts instead (``flows.rounds``);
+jobs of a batch share their checks' task attempts instead (``toolflows.rounds``);
 what a check does and means is ``check_once`` either way.
 """
 
@@ -26,20 +26,20 @@ from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 from prefect.states import State
 
-from flows.console import show_status
-from flows.core.backoff import PollSchedule, parse_retry_after
-from flows.core.definition import MethodDefinition, PollingConfig
-from flows.core.detection import (
+from toolflows.console import show_status
+from toolflows.core.backoff import PollSchedule, parse_retry_after
+from toolflows.core.definition import MethodDefinition, PollingConfig
+from toolflows.core.detection import (
     JobState,
     JobStatus,
     detect_status,
     find_outputs,
     find_progress,
 )
-from flows.core.errors import ErrorCode, ToolflowsError
-from flows.core.redact import display_text
-from flows.download import file_target, store_body
-from flows.http import (
+from toolflows.core.errors import ErrorCode, ToolflowsError
+from toolflows.core.redact import display_text
+from toolflows.download import file_target, store_body
+from toolflows.http import (
     ERROR_BODY_BYTES,
     MAX_JSON_BYTES,
     current_session,
@@ -49,8 +49,8 @@ from flows.http import (
     parse_json,
     read_capped,
 )
-from flows.models import StoredFile, SubmittedJob
-from flows.reporting import JobJournal, current_journal, report_status
+from toolflows.models import StoredFile, SubmittedJob
+from toolflows.reporting import JobJournal, current_journal, report_status
 
 T = TypeVar("T")
 

@@ -33,11 +33,11 @@ from prefect.artifacts import (
 )
 from prefect.events import emit_event
 
-from flows.core.definition import MethodDefinition
-from flows.core.detection import JobStatus, Progress
-from flows.core.errors import ToolflowsError
-from flows.core.redact import display_text
-from flows.models import BatchResult, ToolResult
+from toolflows.core.definition import MethodDefinition
+from toolflows.core.detection import JobStatus, Progress
+from toolflows.core.errors import ToolflowsError
+from toolflows.core.redact import display_text
+from toolflows.models import BatchResult, ToolResult
 
 COMPLETED_EVENT = "toolflows.job.completed"
 FAILED_EVENT = "toolflows.job.failed"

@@ -1,6 +1,6 @@
 """A batch's status checks, in rounds: one Prefect task attempt checks every job that is due.
 
-A job run alone polls with one task attempt per check (``flows.poll``). A
+A job run alone polls with one task attempt per check (``toolflows.poll``). A
 batch of 1,000 jobs polled that way keeps 1,000 task runs retrying every few
 seconds, and each attempt is state changes and log lines the Prefect server
 must write: more than a small machine's server keeps up with, so checks fall
@@ -23,11 +23,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from flows.core.definition import MethodDefinition
-from flows.core.detection import JobStatus
-from flows.models import SubmittedJob
-from flows.poll import Answer, CheckAgain, check_once, pace_next_check, pace_of, schedule_of
-from flows.reporting import JobJournal, current_journal
+from toolflows.core.definition import MethodDefinition
+from toolflows.core.detection import JobStatus
+from toolflows.models import SubmittedJob
+from toolflows.poll import Answer, CheckAgain, check_once, pace_next_check, pace_of, schedule_of
+from toolflows.reporting import JobJournal, current_journal
 
 # Rounds are at least this far apart, and a check may run this much early.
 MAX_ROUND_GAP_SECONDS = 0.25

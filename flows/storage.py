@@ -38,7 +38,7 @@ from prefect.results import aget_default_result_storage, aresolve_result_storage
 from prefect.settings import PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK
 from prefect.utilities.asyncutils import run_coro_as_sync
 
-from flows.core.errors import ErrorCode, ToolflowsError
+from toolflows.core.errors import ErrorCode, ToolflowsError
 
 try:  # prefect-aws is what S3 storage needs; without it, S3 is simply not offered.
     from botocore.exceptions import BotoCoreError, ClientError

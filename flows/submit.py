@@ -24,14 +24,14 @@ from prefect.cache_policies import CachePolicy
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging import get_run_logger
 
-from flows.core.backoff import parse_retry_after
-from flows.core.definition import MethodDefinition
-from flows.core.detection import find_cancel_link, find_status_link, find_task_id
-from flows.core.errors import ErrorCode, ToolflowsError
-from flows.core.redact import display_text
-from flows.core.templates import render_template, resolve_link
-from flows.download import FileTarget, file_target, store_body
-from flows.http import (
+from toolflows.core.backoff import parse_retry_after
+from toolflows.core.definition import MethodDefinition
+from toolflows.core.detection import find_cancel_link, find_status_link, find_task_id
+from toolflows.core.errors import ErrorCode, ToolflowsError
+from toolflows.core.redact import display_text
+from toolflows.core.templates import render_template, resolve_link
+from toolflows.download import FileTarget, file_target, store_body
+from toolflows.http import (
     ERROR_BODY_BYTES,
     MAX_JSON_BYTES,
     current_session,
@@ -40,8 +40,8 @@ from flows.http import (
     parse_json,
     read_capped,
 )
-from flows.models import SubmittedJob
-from flows.uploads import request_content
+from toolflows.models import SubmittedJob
+from toolflows.uploads import request_content
 
 SUBMIT_ATTEMPTS = 4
 MAX_SUBMIT_WAIT_SECONDS = 60.0
@@ -251,7 +251,7 @@ def resumed_job(definition: MethodDefinition, task_id: str, params: dict[str, An
             task_id=task_id,
         )
     status_url = render_template(polling.status_url, task_id=task_id, params=params)
-    # Its cancelUrl, if any, is rendered when cancelling (``flows.cancel``).
+    # Its cancelUrl, if any, is rendered when cancelling (``toolflows.cancel``).
     return SubmittedJob(
         task_id=task_id,
         submitted_at=time.time(),

@@ -6,7 +6,7 @@ would let a DNS server answer a harmless address to the check and
 169.254.169.254 to the connection (DNS rebinding). So the run's client uses
 this transport: httpx's connection pool (``httpcore``, its public API) on a
 network backend that resolves asynchronously, refuses any address the policy
-of ``flows.core.urls`` refuses, and connects to the address it checked. TLS
+of ``toolflows.core.urls`` refuses, and connects to the address it checked. TLS
 and ``Host`` still name the host: httpcore passes the hostname to TLS apart.
 """
 
@@ -24,7 +24,7 @@ import anyio
 import httpcore
 import httpx
 
-from flows.core.urls import unsafe_address_reason
+from toolflows.core.urls import unsafe_address_reason
 
 # httpcore asks its network stream for 64 KiB per read. asyncio receives up to
 # 256 KiB per recv, so asking for that much cuts the trips through anyio,

@@ -23,22 +23,22 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
-from flows.core.definition import MethodDefinition
-from flows.core.errors import ErrorCode, ToolflowsError
-from flows.core.files import (
+from toolflows.core.definition import MethodDefinition
+from toolflows.core.errors import ErrorCode, ToolflowsError
+from toolflows.core.files import (
     choose_mimetype,
     extension_for,
     filename_from_content_disposition,
     filename_from_url,
 )
-from flows.http import (
+from toolflows.http import (
     ERROR_BODY_BYTES,
     Credentials,
     current_session,
     http_error,
     read_capped,
 )
-from flows.storage import S3FileStore, resolve_file_store
+from toolflows.storage import S3FileStore, resolve_file_store
 
 SPOOL_CHUNK_BYTES = 1024 * 1024
 # Bytes kept to tell a file's type when its source does not say.

@@ -10,11 +10,11 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from prefect.utilities.asyncutils import run_coro_as_sync
 from pydantic.alias_generators import to_camel
 
-from deployments.registry import load_preset
-from flows.core.definition import MethodDefinition
-from flows.demo import retarget
-from flows.engine import run_tool_method
-from flows.models import ToolResult
+from toolflows.core.definition import MethodDefinition
+from toolflows.demo import retarget
+from toolflows.deployments.registry import load_preset
+from toolflows.engine import run_tool_method
+from toolflows.models import ToolResult
 
 PRESETS = {
     "heygen": ("heygen", "create_avatar_video_v2", "HEYGEN_API_KEY"),

@@ -32,9 +32,9 @@ from prefect.workers.process import ProcessWorker
 from prefect_aws import AwsCredentials, S3Bucket
 from prefect_aws.client_parameters import AwsClientParameters
 
-from flows.core.definition import MethodDefinition
-from flows.demo import retarget
 from tests.helpers import FAST_POLLING
+from toolflows.core.definition import MethodDefinition
+from toolflows.demo import retarget
 
 PROJECT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

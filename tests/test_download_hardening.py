@@ -30,16 +30,16 @@ from prefect.filesystems import LocalFileSystem
 from prefect.utilities.asyncutils import run_coro_as_sync
 from prefect_aws import AwsClientParameters, AwsCredentials, S3Bucket
 
-from flows.core.definition import MethodDefinition, PollingConfig, parse_definition
-from flows.core.errors import ErrorCode, ToolflowsError
-from flows.core.redact import Redactor
-from flows.download import FileTarget, store_body
-from flows.fake_provider import FakeProvider, Fault
-from flows.http import provider_session
-from flows.models import ToolResult
-from flows.storage import LocalFileStore, S3FileStore, _S3MultipartUpload, file_store_for
 from tests.helpers import PARAMS, fake_method, generic_definition, run
 from tests.prefect_stack import moto_s3
+from toolflows.core.definition import MethodDefinition, PollingConfig, parse_definition
+from toolflows.core.errors import ErrorCode, ToolflowsError
+from toolflows.core.redact import Redactor
+from toolflows.download import FileTarget, store_body
+from toolflows.fake_provider import FakeProvider, Fault
+from toolflows.http import provider_session
+from toolflows.models import ToolResult
+from toolflows.storage import LocalFileStore, S3FileStore, _S3MultipartUpload, file_store_for
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -486,7 +486,7 @@ def test_a_result_file_cut_short_is_fetched_again(fresh_fake, tmp_path):
 
 
 def test_a_result_file_dripping_is_fetched_again(fresh_fake, tmp_path):
-    from flows.download import TransferPace
+    from toolflows.download import TransferPace
 
     url, video_id = content_url(fresh_fake, download_faults=[Fault.drip(0.01)])
     pace = TransferPace(first_byte_seconds=0.5, min_bytes_per_second=2000, stall_seconds=0.5)

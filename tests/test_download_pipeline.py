@@ -19,15 +19,15 @@ import anyio
 import httpx
 import pytest
 
-from flows import download
-from flows.core.errors import ErrorCode, ToolflowsError
-from flows.core.redact import Redactor
-from flows.download import WRITER_BATCH_BYTES, WRITER_QUEUE, FileTarget, store_output
-from flows.fake_provider import FakeProvider, Fault
-from flows.http import provider_session
-from flows.models import StoredFile
-from flows.storage import FileStore, LocalFileStore, _FileUpload
 from tests.helpers import PARAMS, fake_method, run
+from toolflows import download
+from toolflows.core.errors import ErrorCode, ToolflowsError
+from toolflows.core.redact import Redactor
+from toolflows.download import WRITER_BATCH_BYTES, WRITER_QUEUE, FileTarget, store_output
+from toolflows.fake_provider import FakeProvider, Fault
+from toolflows.http import provider_session
+from toolflows.models import StoredFile
+from toolflows.storage import FileStore, LocalFileStore, _FileUpload
 
 MIB = 1024 * 1024
 _real_write = _FileUpload.write

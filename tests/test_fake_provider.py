@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from flows.fake_provider import Behaviour, FakeProvider, Fault
+from toolflows.fake_provider import Behaviour, FakeProvider, Fault
 
 HEYGEN = {"X-Api-Key": "hg_test_key"}
 FAL = {"Authorization": "Key fal_test_key"}
@@ -638,7 +638,7 @@ def test_behaviour_is_validated(fake: FakeProvider) -> None:
 def test_main_prints_urls_and_serves() -> None:
     root = Path(__file__).resolve().parents[1]
     process = subprocess.Popen(
-        [sys.executable, "-m", "flows.fake_provider"],
+        [sys.executable, "-m", "toolflows.fake_provider"],
         cwd=root,
         stdout=subprocess.PIPE,
         text=True,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from flows.core.errors import ErrorCode, ToolflowsError
-from flows.fake_provider import Fault
 from tests.helpers import PARAMS, fake_method, run
+from toolflows.core.errors import ErrorCode, ToolflowsError
+from toolflows.fake_provider import Fault
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -164,7 +164,7 @@ def test_a_flow_retry_resumes_the_submitted_job_instead_of_paying_twice(fresh_fa
     """The submit result is persisted per flow run: a retried run reads it back."""
     from prefect import flow
 
-    from flows.engine import run_tool_method
+    from toolflows.engine import run_tool_method
 
     fresh_fake.script("heygen", status_faults=[Fault.http(401)])
     attempts = []

@@ -22,12 +22,12 @@ import httpx
 import pytest
 from prefect.utilities.asyncutils import run_coro_as_sync
 
-from flows.core.errors import ErrorCode, ToolflowsError
-from flows.core.redact import Redactor
-from flows.engine import run_tool_method
-from flows.fake_provider import FakeProvider, Fault
-from flows.http import provider_session
 from tests.helpers import PARAMS, fake_method, generic_definition
+from toolflows.core.errors import ErrorCode, ToolflowsError
+from toolflows.core.redact import Redactor
+from toolflows.engine import run_tool_method
+from toolflows.fake_provider import FakeProvider, Fault
+from toolflows.http import provider_session
 
 SECRET_VARIABLE = "TOOLFLOWS_HARDENING_SECRET"
 SECRET_PLACEHOLDER = "${" + SECRET_VARIABLE + "}"
@@ -428,6 +428,6 @@ def test_names_are_resolved_off_the_event_loop(fresh_fake, monkeypatch):
 
 def test_using_toolflows_changes_no_setting_of_the_http_library():
     """Prefect's own client shares httpcore: toolflows must not retune it."""
-    import flows.http  # noqa: F401
+    import toolflows.http  # noqa: F401
 
     assert httpcore.AsyncHTTP11Connection.READ_NUM_BYTES == 64 * 1024

@@ -24,14 +24,14 @@ from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelling
 from prefect.utilities.asyncutils import run_coro_as_sync
 
-import deployments.method_flows
-from deployments.method_flows import flow_attribute, flow_name, method_flow
-from deployments.registry import load_preset, preset_files, register_definitions
-from flows.core.definition import MethodDefinition
-from flows.core.errors import ErrorCode, ToolflowsError
-from flows.methods import read_definition_file, validate_params
+import toolflows.deployments.method_flows as method_flows_module
 from tests.helpers import FAST_POLLING, PARAMS, fake_method
 from tests.prefect_stack import stop_group, wait_for
+from toolflows.core.definition import MethodDefinition
+from toolflows.core.errors import ErrorCode, ToolflowsError
+from toolflows.deployments.method_flows import flow_attribute, flow_name, method_flow
+from toolflows.deployments.registry import load_preset, preset_files, register_definitions
+from toolflows.methods import read_definition_file, validate_params
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -243,14 +243,14 @@ def test_the_cancel_hook_cancels_the_job_of_a_method_run(fresh_fake):
 def test_the_module_builds_the_flow_of_a_saved_block_on_first_access(fake):
     save(fake_method(fake, "runway"))
 
-    flow = deployments.method_flows.runway_image_to_video
+    flow = method_flows_module.runway_image_to_video
 
     assert flow.name == "runway.image_to_video"
-    assert deployments.method_flows.runway_image_to_video is flow
+    assert method_flows_module.runway_image_to_video is flow
     with pytest.raises(AttributeError, match="no ToolMethod block named 'acme-missing'"):
-        _ = deployments.method_flows.acme_missing
+        _ = method_flows_module.acme_missing
     with pytest.raises(AttributeError):
-        _ = deployments.method_flows.__wrapped__
+        _ = method_flows_module.__wrapped__
 
 
 def test_entrypoints_resolve_in_a_fresh_process(fake, prefect_api):
@@ -260,7 +260,7 @@ def test_entrypoints_resolve_in_a_fresh_process(fake, prefect_api):
         "from prefect.flows import load_flow_from_entrypoint\n"
         "for entrypoint in (\n"
         "    'deployments/method_flows.py:heygen_create_avatar_video_v2',\n"
-        "    'deployments.method_flows.heygen_create_avatar_video_v2',\n"
+        "    'toolflows.deployments.method_flows.heygen_create_avatar_video_v2',\n"
         "):\n"
         "    flow = load_flow_from_entrypoint(entrypoint)\n"
         "    print(json.dumps([flow.name, flow.parameters.model_dump_for_openapi()]))\n"
@@ -290,9 +290,11 @@ def test_prefect_yaml_deploys_the_generic_flow_and_every_preset():
     config = yaml.safe_load((PROJECT / "prefect.yaml").read_text())
     entries = {entry["name"]: entry for entry in config["deployments"]}
 
-    expected = {d.slug: f"deployments.method_flows.{flow_attribute(d.slug)}" for d in PRESETS}
+    expected = {
+        d.slug: f"toolflows.deployments.method_flows.{flow_attribute(d.slug)}" for d in PRESETS
+    }
     assert {name: entry["entrypoint"] for name, entry in entries.items()} == {
-        "run-tool-method": "flows.engine.run_tool_method",
+        "run-tool-method": "toolflows.engine.run_tool_method",
         **expected,
     }
     assert config["pull"] == []  # the worker imports the installed package
@@ -350,12 +352,12 @@ def test_deploy_creates_one_deployment_per_enabled_method_with_its_form(fake, pr
     assert "run_tool_method/t-run-tool-method" in summary["deployments"]
     assert "runway.retired/t-runway-retired" not in summary["deployments"]
     assert read_deployment("run_tool_method/t-run-tool-method").entrypoint == (
-        "flows.engine.run_tool_method"
+        "toolflows.engine.run_tool_method"
     )
     for definition in (load_preset("fal", "kling_image_to_video"), odd_names):
         deployment = read_deployment(f"{flow_name(definition)}/t-{definition.slug}")
         assert deployment.entrypoint == (
-            f"deployments.method_flows.{flow_attribute(definition.slug)}"
+            f"toolflows.deployments.method_flows.{flow_attribute(definition.slug)}"
         )
         assert deployment.work_pool_name == "method-flows-test"
         assert deployment.pull_steps == []

@@ -20,14 +20,6 @@ from prefect.deployments import run_deployment
 from prefect.states import Cancelling
 from prefect.utilities.asyncutils import run_coro_as_sync
 
-from deployments.registry import register_definitions
-from flows.batch import run_batch
-from flows.core import backoff
-from flows.core.errors import ErrorCode, ToolflowsError
-from flows.engine import run_tool_method
-from flows.fake_provider import Fault
-from flows.models import SubmittedJob
-from flows.pipelines import image_to_video_pipeline
 from tests.helpers import PARAMS, fake_method, generic_definition, run
 from tests.prefect_stack import moto_s3, save_s3_bucket, wait_for
 from tests.test_served_runs import (
@@ -37,6 +29,14 @@ from tests.test_served_runs import (
     flow_run_process,
     served,
 )
+from toolflows.batch import run_batch
+from toolflows.core import backoff
+from toolflows.core.errors import ErrorCode, ToolflowsError
+from toolflows.deployments.registry import register_definitions
+from toolflows.engine import run_tool_method
+from toolflows.fake_provider import Fault
+from toolflows.models import SubmittedJob
+from toolflows.pipelines import image_to_video_pipeline
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -361,7 +361,7 @@ def test_cancelling_a_hung_served_batch_cancels_every_job_from_the_runner(
         fresh_fake, "fal", max_wait_seconds=300, interval_seconds=0.2, max_interval_seconds=0.5
     )
     jobs = 3
-    with served(prefect_api, tmp_path / "runner.log", "flows.batch:run_batch") as (
+    with served(prefect_api, tmp_path / "runner.log", "toolflows.batch:run_batch") as (
         deployment,
         runner_pid,
     ):
@@ -395,7 +395,7 @@ def test_cancelling_a_hung_served_pipeline_cancels_its_running_jobs_from_the_run
         "video_method": video.model_dump(),
         "video_params": RUNWAY_PARAMS,
     }
-    pipeline = "flows.pipelines.image_to_video:image_to_video_pipeline"
+    pipeline = "toolflows.pipelines.image_to_video:image_to_video_pipeline"
     with served(prefect_api, tmp_path / "runner.log", pipeline) as (deployment, runner_pid):
         wait_for(lambda: deployment_exists(deployment), 60, "the served deployment")
         flow_run = run_deployment(deployment, parameters=parameters, timeout=0)

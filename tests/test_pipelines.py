@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from prefect.utilities.asyncutils import run_coro_as_sync
 
-from flows.core.errors import ErrorCode, ToolflowsError
-from flows.pipelines import image_to_video_pipeline
-from flows.pipelines.steps import fill
 from tests.helpers import fake_method
+from toolflows.core.errors import ErrorCode, ToolflowsError
+from toolflows.pipelines import image_to_video_pipeline
+from toolflows.pipelines.steps import fill
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

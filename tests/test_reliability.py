@@ -20,12 +20,12 @@ from uuid import UUID
 import pytest
 from prefect.utilities.asyncutils import run_coro_as_sync
 
-from flows.core.definition import MethodDefinition
-from flows.core.errors import ErrorCode, ToolflowsError
-from flows.engine import run_tool_method
-from flows.fake_provider import FakeProvider, Fault, RecordedRequest
-from flows.models import ToolResult
 from tests.helpers import FAST_POLLING, PARAMS, fake_method, run
+from toolflows.core.definition import MethodDefinition
+from toolflows.core.errors import ErrorCode, ToolflowsError
+from toolflows.engine import run_tool_method
+from toolflows.fake_provider import FakeProvider, Fault, RecordedRequest
+from toolflows.models import ToolResult
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

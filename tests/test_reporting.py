@@ -10,9 +10,9 @@ from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 from prefect.utilities.asyncutils import run_coro_as_sync
 
-from flows.core.errors import ToolflowsError
-from flows.engine import run_tool_method
 from tests.helpers import PARAMS, artifacts_of, fake_method
+from toolflows.core.errors import ToolflowsError
+from toolflows.engine import run_tool_method
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

@@ -16,11 +16,11 @@ from prefect.settings import PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK, temporary_se
 from prefect.utilities.asyncutils import run_coro_as_sync
 from prefect_aws import S3Bucket
 
-from flows.fake_provider import Fault
-from flows.storage import S3_PART_BYTES, S3_PARTS_IN_FLIGHT, S3FileStore, _S3MultipartUpload
 from tests.helpers import PARAMS, fake_method, run
 from tests.prefect_stack import moto_s3, save_s3_bucket
 from tests.test_download_pipeline import cancel_by_cancel_scope, output_url, store_into
+from toolflows.fake_provider import Fault
+from toolflows.storage import S3_PART_BYTES, S3_PARTS_IN_FLIGHT, S3FileStore, _S3MultipartUpload
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -200,7 +200,7 @@ def test_a_presigned_url_serves_the_bytes_to_plain_httpx(fresh_fake, s3):
 
 
 def test_a_stored_file_continues_into_the_next_method_as_a_presigned_link(fresh_fake, s3):
-    from flows.pipelines import continue_with_file
+    from toolflows.pipelines import continue_with_file
 
     fresh_fake.script("fal", kind="image")
     image_method = fake_method(fresh_fake, "fal_image")

@@ -42,8 +42,6 @@ from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.utilities.asyncutils import run_coro_as_sync
 
-from deployments.registry import load_preset, register_definitions
-from flows.models import ToolResult
 from tests.helpers import PARAMS
 from tests.prefect_stack import (
     BIN,
@@ -59,6 +57,8 @@ from tests.prefect_stack import (
     save_s3_bucket,
     wait_for,
 )
+from toolflows.deployments.registry import load_preset, register_definitions
+from toolflows.models import ToolResult
 
 POOL = "scale-out"
 WORKERS = ("scale-worker-a", "scale-worker-b")

@@ -19,10 +19,10 @@ from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelling, Scheduled
 from prefect.utilities.asyncutils import run_coro_as_sync
 
-from flows.core.errors import ErrorCode, ToolflowsError
-from flows.engine import run_tool_method
 from tests.helpers import PARAMS, fake_method
 from tests.prefect_stack import wait_for
+from toolflows.core.errors import ErrorCode, ToolflowsError
+from toolflows.engine import run_tool_method
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -53,7 +53,7 @@ def test_polling_timeout_without_cancel_on_timeout_leaves_the_job(fresh_fake):
 
 @contextmanager
 def served(
-    prefect_api: str, log: Path, flow: str = "flows.engine:run_tool_method"
+    prefect_api: str, log: Path, flow: str = "toolflows.engine:run_tool_method"
 ) -> Iterator[tuple[str, int]]:
     """A flow (``module:name``) served by a runner process; yields the deployment and pid."""
     module, name = flow.split(":")

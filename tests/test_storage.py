@@ -7,8 +7,8 @@ import hashlib
 
 import pytest
 
-from flows.core.errors import ToolflowsError
-from flows.storage import LocalFileStore
+from toolflows.core.errors import ToolflowsError
+from toolflows.storage import LocalFileStore
 
 
 def test_a_file_appears_only_when_complete(tmp_path):

@@ -36,8 +36,6 @@ from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.utilities.asyncutils import run_coro_as_sync
 
-from deployments.registry import preset_files, register_definitions
-from flows.methods import read_definition_file
 from tests.helpers import PARAMS, PRESETS
 from tests.prefect_stack import (
     BIN,
@@ -52,6 +50,8 @@ from tests.prefect_stack import (
     run_command,
     wait_for,
 )
+from toolflows.deployments.registry import preset_files, register_definitions
+from toolflows.methods import read_definition_file
 
 POOL = "toolflows"  # the work pool prefect.yaml names
 PRESET_DEFINITIONS = [d for file in preset_files() for d in read_definition_file(file)]
@@ -169,7 +169,9 @@ def test_toolflows_deploy_creates_a_deployment_per_method_on_the_pool(stack):
     for name in summary["deployments"]:
         deployment = run_coro_as_sync(read_deployment(name))
         assert deployment.work_pool_name == POOL
-        assert deployment.entrypoint.startswith(("deployments.method_flows.", "flows.engine."))
+        assert deployment.entrypoint.startswith(
+            ("toolflows.deployments.method_flows.", "toolflows.engine.")
+        )
 
 
 def test_prefect_deploy_all_creates_the_prefect_yaml_deployments(stack):

@@ -175,6 +175,18 @@ def _finite_number(text: str) -> float | None:
     return number if math.isfinite(number) else None
 
 
+MAX_RETRY_DELAY_SECONDS = 8.0
+
+
+def retry_delay(attempt: int) -> float:
+    """Delay before re-sending a request that failed on attempt ``attempt`` (1-based).
+
+    Submits that never reached the server and broken downloads back off alike:
+    1, 2, 4, 8, 8, ... seconds (a server's Retry-After may ask for longer).
+    """
+    return min(2.0 ** (attempt - 1), MAX_RETRY_DELAY_SECONDS)
+
+
 def _milliseconds(text: str, now: float) -> float | None:
     number = _finite_number(text)
     return None if number is None else number / 1000

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel, to_snake
 
-from flows.core.errors import ErrorCode, ToolflowsError
+from toolflows.core.errors import ErrorCode, ToolflowsError
 
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 # Shortest delay between two status checks: 20 checks a second per job. Below it a

@@ -17,9 +17,9 @@ from enum import StrEnum
 from itertools import islice
 from typing import Any, TypeVar
 
-from flows.core.errors import ErrorCode, ToolflowsError
-from flows.core.paths import get_path
-from flows.core.redact import display_text
+from toolflows.core.errors import ErrorCode, ToolflowsError
+from toolflows.core.paths import get_path
+from toolflows.core.redact import display_text
 
 MAX_DEPTH = 32
 """Deepest nesting searched for outputs; real outputs sit a few levels down."""

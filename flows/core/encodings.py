@@ -11,7 +11,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator
 
-from flows.core.errors import ErrorCode, ToolflowsError
+from toolflows.core.errors import ErrorCode, ToolflowsError
 
 # Content-Encodings undone on the way in (what httpx asks for by default).
 ENCODINGS = ("gzip", "x-gzip", "deflate")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from flows.core.redact import display_text
+from toolflows.core.redact import display_text
 
 
 class ErrorCode(StrEnum):

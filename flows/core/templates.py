@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urljoin
 
-from flows.core.errors import ErrorCode, ToolflowsError
-from flows.core.paths import get_path
-from flows.core.redact import redact_url
+from toolflows.core.errors import ErrorCode, ToolflowsError
+from toolflows.core.paths import get_path
+from toolflows.core.redact import redact_url
 
 _TEMPLATE_FIELD = re.compile(r"(?<!\$)\{([\w.\-]+)\}")
 _ENV_PLACEHOLDER = re.compile(r"\$\{(\w+)\}", re.ASCII)

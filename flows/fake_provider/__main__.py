@@ -1,3 +1,3 @@
-from flows.fake_provider import main
+from toolflows.fake_provider import main
 
 main()

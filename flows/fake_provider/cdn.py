@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from typing import Literal
 from xml.sax.saxutils import escape
 
-from flows.fake_provider.content import BLOCK_SIZE, FakeFile, gzip_bomb
-from flows.fake_provider.faults import disturb, preempt
-from flows.fake_provider.http import Reply, Request
-from flows.fake_provider.model import PREEMPTIVE
-from flows.fake_provider.state import State
+from toolflows.fake_provider.content import BLOCK_SIZE, FakeFile, gzip_bomb
+from toolflows.fake_provider.faults import disturb, preempt
+from toolflows.fake_provider.http import Reply, Request
+from toolflows.fake_provider.model import PREEMPTIVE
+from toolflows.fake_provider.state import State
 
 CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "cookie", "proxy-authorization"})
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")

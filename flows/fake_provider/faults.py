@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 
-from flows.fake_provider.http import Reply, phrase
-from flows.fake_provider.model import PREEMPTIVE, Fault
+from toolflows.fake_provider.http import Reply, phrase
+from toolflows.fake_provider.model import PREEMPTIVE, Fault
 
 ErrorShape = Callable[[int, str], Reply]
 

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from flows.fake_provider.content import FakeFile
-from flows.fake_provider.http import Request
+from toolflows.fake_provider.content import FakeFile
+from toolflows.fake_provider.http import Request
 
 FaultKind = Literal["http", "reset", "drop_after_accept", "delay", "cut", "expired", "drip"]
 Outcome = Literal["success", "failure", "cancelled"]

@@ -23,12 +23,12 @@ from email.policy import HTTP
 from typing import Any, ClassVar, Literal
 from urllib.parse import parse_qsl
 
-from flows.fake_provider.cdn import serve_file
-from flows.fake_provider.content import DEFAULT_TYPES, EXTENSIONS, MAGIC, FakeFile
-from flows.fake_provider.faults import guarded
-from flows.fake_provider.http import Reply, Request, phrase
-from flows.fake_provider.model import Behaviour, FakeJob, Kind
-from flows.fake_provider.state import State
+from toolflows.fake_provider.cdn import serve_file
+from toolflows.fake_provider.content import DEFAULT_TYPES, EXTENSIONS, MAGIC, FakeFile
+from toolflows.fake_provider.faults import guarded
+from toolflows.fake_provider.http import Reply, Request, phrase
+from toolflows.fake_provider.model import Behaviour, FakeJob, Kind
+from toolflows.fake_provider.state import State
 
 Handler = Callable[..., Awaitable[Reply]]
 

@@ -13,11 +13,11 @@ import threading
 from types import TracebackType
 from typing import Any, Literal
 
-from flows.fake_provider.cdn import Cdn
-from flows.fake_provider.http import HttpServer, Reply, Request
-from flows.fake_provider.model import Behaviour, FakeJob, RecordedRequest
-from flows.fake_provider.providers import APIS, Route
-from flows.fake_provider.state import State
+from toolflows.fake_provider.cdn import Cdn
+from toolflows.fake_provider.http import HttpServer, Reply, Request
+from toolflows.fake_provider.model import Behaviour, FakeJob, RecordedRequest
+from toolflows.fake_provider.providers import APIS, Route
+from toolflows.fake_provider.state import State
 
 HOST = "127.0.0.1"
 DEFAULT_API_KEYS = {

@@ -17,9 +17,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 
-from flows.fake_provider.content import FakeFile
-from flows.fake_provider.http import Request
-from flows.fake_provider.model import Behaviour, FakeJob, Fault, RecordedRequest
+from toolflows.fake_provider.content import FakeFile
+from toolflows.fake_provider.http import Request
+from toolflows.fake_provider.model import Behaviour, FakeJob, Fault, RecordedRequest
 
 HEYGEN_URL_LIFETIME = 7 * 86400
 RUNWAY_URL_LIFETIME = 48 * 3600

@@ -11,12 +11,12 @@ from typing import Any
 
 from prefect import flow
 
-from flows.cancel import cancel_remote_jobs
-from flows.engine import run_prepared
-from flows.methods import load_method, prepare_method
-from flows.models import ToolResult
-from flows.pipelines.steps import fill
-from flows.storage import presigned_url
+from toolflows.cancel import cancel_remote_jobs
+from toolflows.engine import run_prepared
+from toolflows.methods import load_method, prepare_method
+from toolflows.models import ToolResult
+from toolflows.pipelines.steps import fill
+from toolflows.storage import presigned_url
 
 PRESIGNED_LINK_SECONDS = 3600
 

@@ -15,10 +15,10 @@ from prefect import flow
 from prefect.logging import get_run_logger
 from pydantic import Field
 
-from flows.cancel import cancel_remote_jobs
-from flows.models import CamelModel, ToolResult
-from flows.pipelines.steps import Step
-from flows.together import all_settled, raise_first_error
+from toolflows.cancel import cancel_remote_jobs
+from toolflows.models import CamelModel, ToolResult
+from toolflows.pipelines.steps import Step
+from toolflows.together import all_settled, raise_first_error
 
 SAMPLE_IMAGE_URL = "https://example.com/sample.png"
 

@@ -12,13 +12,13 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
-from flows.core.definition import MethodDefinition
-from flows.core.detection import find_outputs
-from flows.core.errors import ErrorCode, ToolflowsError
-from flows.engine import run_job
-from flows.http import ProviderSession, using_session
-from flows.methods import load_method, prepare_method, session_for, validate_params
-from flows.models import ToolResult
+from toolflows.core.definition import MethodDefinition
+from toolflows.core.detection import find_outputs
+from toolflows.core.errors import ErrorCode, ToolflowsError
+from toolflows.engine import run_job
+from toolflows.http import ProviderSession, using_session
+from toolflows.methods import load_method, prepare_method, session_for, validate_params
+from toolflows.models import ToolResult
 
 
 def fill(template: Any, values: dict[str, Any]) -> Any:

@@ -8,7 +8,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from flows.core.backoff import (
+from toolflows.core.backoff import (
     MAX_COUNTED_POLLS,
     MAX_RETRY_AFTER_SECONDS,
     PollSchedule,

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from flows.core.definition import parse_definition, slugify
-from flows.core.errors import ErrorCode, ToolflowsError
+from toolflows.core.definition import parse_definition, slugify
+from toolflows.core.errors import ErrorCode, ToolflowsError
 
 ORIGINAL_ROW = {
     "inventoryKey": "heygen",

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flows.core.detection import (
+from toolflows.core.detection import (
     MAX_DEPTH,
     Found,
     JobState,
@@ -24,7 +24,7 @@ from flows.core.detection import (
     find_status_link,
     find_task_id,
 )
-from flows.core.errors import ErrorCode, ToolflowsError
+from toolflows.core.errors import ErrorCode, ToolflowsError
 
 PENDING, SUCCEEDED, FAILED, CANCELLED = (
     JobState.PENDING,

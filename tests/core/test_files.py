@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flows.core.files import (
+from toolflows.core.files import (
     MAX_FILENAME_BYTES,
     choose_filename,
     choose_mimetype,

@@ -17,9 +17,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flows.core.detection import JobState, detect_status
-from flows.core.errors import ErrorCode, ToolflowsError
-from flows.core.redact import MAX_DISPLAY_CHARS, Redactor, display_text, redact_url
+from toolflows.core.detection import JobState, detect_status
+from toolflows.core.errors import ErrorCode, ToolflowsError
+from toolflows.core.redact import MAX_DISPLAY_CHARS, Redactor, display_text, redact_url
 
 SMALL = 20_000
 GROWTH = 8

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flows.core.redact import (
+from toolflows.core.redact import (
     MIN_SECRET_LENGTH,
     REDACTED,
     Redactor,

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from flows.core.errors import ErrorCode, ToolflowsError
-from flows.core.templates import (
+from toolflows.core.errors import ErrorCode, ToolflowsError
+from toolflows.core.templates import (
     env_placeholders,
     render_template,
     resolve_link,

@@ -6,7 +6,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from flows.core.urls import (
+from toolflows.core.urls import (
     may_receive_credentials,
     may_use_private_addresses,
     origin,
