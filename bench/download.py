@@ -123,7 +123,7 @@ def measure(size: int, s3_endpoint: str, context_runs: bool) -> dict[str, Any]:
 
     from bench.fakectl import FakeClient
     from bench.methods import LogWatch, method_at_fake
-    from tests.prefect_stack import save_s3_bucket
+    from testkit.prefect_stack import save_s3_bucket
     from toolflows.engine import run_tool_method
 
     fake = FakeClient.from_env()

@@ -5,7 +5,7 @@ benchmark process its CPU would be charged to toolflows. So ``python -m
 bench.fakectl`` starts it in a child process and answers a few calls
 (``script``, ``reset``, ``jobs`` ...) on a ``multiprocessing.connection``
 listener, from the benchmark parent and from the worker processes alike.
-Nothing is added to ``flows/``: this only drives the fake's public API.
+Nothing is added to the fake: this only drives its public API.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def _job_record(job: Any) -> dict[str, Any]:
 
 def _serve() -> None:
     """Child side: start the fake, print its URLs, answer calls until ``stop``."""
-    from toolflows.fake_provider import FakeProvider
+    from testkit.fake_provider import FakeProvider
 
     authkey = bytes.fromhex(os.environ[AUTHKEY_ENV])
     with FakeProvider() as fake, Listener(("127.0.0.1", 0), authkey=authkey) as listener:

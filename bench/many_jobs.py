@@ -32,10 +32,11 @@ from typing import Any
 
 from bench.common import HEYGEN, HEYGEN_PARAMS, MIB, Context, Row, percentile
 from bench.procstat import RssSampler, tree_cpu_seconds
+from toolflows.core.definition import PollingConfig
+from toolflows.http import MAX_CONNECTIONS
 
 FILE_SIZE = 64 * 1024
-JITTER = 0.1
-MAX_CONNECTIONS = 32  # what toolflows' pooled client allows (flows/http.py)
+JITTER = PollingConfig().jitter
 # httpcore scans every pooled connection for each request it places: with 100
 # connections that scan dominates the bare poller's CPU. A small pool shows it.
 SMALL_POOL = 10

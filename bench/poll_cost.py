@@ -1,7 +1,7 @@
 """Benchmark 1: the cost of one status check.
 
 A status check is one Prefect task attempt (``Check job status``), retried by
-``pace_next_check``. With the shortest schedule a method may have (every
+``schedule_next_check``. With the shortest schedule a method may have (every
 ``MIN_POLL_INTERVAL_SECONDS``, factor 1, jitter 0) a job that needs N polls
 makes N + 1 status requests close together; CPU per check is the engine's own
 cost (a sleep costs none), and the wall time per check includes that interval.

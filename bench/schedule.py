@@ -23,11 +23,12 @@ from dataclasses import dataclass
 
 from bench.common import Context, Row
 from toolflows.core.backoff import PollSchedule
+from toolflows.core.definition import PollingConfig
 
 DEADLINE = 3600.0
 DURATIONS = (30.0, 300.0, 1800.0)
 SAMPLES = 201
-DEFAULT = PollSchedule(max_wait_seconds=DEADLINE, jitter=0)
+DEFAULT = PollingConfig(max_wait_seconds=DEADLINE, jitter=0).schedule
 FIXED_5S = PollSchedule(
     interval_seconds=5,
     backoff_factor=1,

@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bench.common import REPLICATE_PARAMS, Context, Row, clean_env, median
+from toolflows.cli import EPHEMERAL_STARTUP_TIMEOUT_SECONDS as STARTUP_TIMEOUT
 
 TARGET_OVERHEAD_SECONDS = 1.0
 PRESETS = Path(__file__).resolve().parent.parent / "deployments" / "presets"
@@ -80,7 +81,7 @@ def run(ctx: Context) -> list[Row]:
                 **ctx.key_env(),
                 "PREFECT_HOME": str(home),
                 "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+                "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": STARTUP_TIMEOUT,
             }
             if kind == "hello":
                 command = [sys.executable, "-c", HELLO_WORLD]

@@ -12,17 +12,19 @@ or as an error document.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from typing import Any
 
 from prefect import flow
 from prefect.logging import get_run_logger
 
 from toolflows.cancel import cancel_remote_jobs
+from toolflows.core.definition import MethodDefinition
+from toolflows.core.detection import JobStatus
 from toolflows.core.errors import ToolflowsError
 from toolflows.engine import run_job
 from toolflows.methods import load_method, params_checker, prepare_method, session_for
-from toolflows.models import BatchResult, ErrorResult, ToolResult
+from toolflows.models import BatchResult, ErrorResult, SubmittedJob, ToolResult
+from toolflows.poll import Answer
 from toolflows.reporting import publish_batch
 from toolflows.rounds import StatusRounds, status_rounds
 from toolflows.together import all_settled, raise_first_error
@@ -36,13 +38,24 @@ SUBMITS_IN_FLIGHT = 16
 DOWNLOADS_IN_FLIGHT = 8
 
 
-@dataclass(frozen=True)
-class JobGroup:
-    """What the jobs of one batch share, so that a thousand of them stay cheap."""
+class BatchLanes:
+    """What the jobs of one batch share, so that a thousand of them stay cheap.
 
-    rounds: StatusRounds
-    submits: asyncio.Semaphore
-    downloads: asyncio.Semaphore
+    The engine's ``Lanes``: bounded submits and downloads, status checks in
+    rounds, and one table of results for the batch instead of artifacts per job.
+    """
+
+    job_artifacts = False
+
+    def __init__(self, rounds: StatusRounds) -> None:
+        self.rounds = rounds
+        self.submit_gate = asyncio.Semaphore(SUBMITS_IN_FLIGHT)
+        self.download_gate = asyncio.Semaphore(DOWNLOADS_IN_FLIGHT)
+
+    async def wait(
+        self, definition: MethodDefinition, job: SubmittedJob
+    ) -> tuple[JobStatus, Answer]:
+        return await self.rounds.wait(job)
 
 
 @flow(
@@ -72,21 +85,19 @@ async def run_batch(
     prepared = await prepare_method(definition, None, submitting=False)
     gate = asyncio.Semaphore(max(1, max_concurrency))
 
-    async def one(index: int, params: dict[str, Any], group: JobGroup) -> ToolResult | ErrorResult:
+    async def one(
+        index: int, params: dict[str, Any], lanes: BatchLanes
+    ) -> ToolResult | ErrorResult:
         async with gate:
             try:
-                return await run_job(definition, params, job_key=f"batch-{index}", group=group)
+                return await run_job(definition, params, job_key=f"batch-{index}", lanes=lanes)
             except ToolflowsError as error:
                 return ErrorResult(error=error.to_dict())
 
     async with session_for(prepared), status_rounds(definition) as rounds:
-        group = JobGroup(
-            rounds=rounds,
-            submits=asyncio.Semaphore(SUBMITS_IN_FLIGHT),
-            downloads=asyncio.Semaphore(DOWNLOADS_IN_FLIGHT),
-        )
+        lanes = BatchLanes(rounds)
         results = raise_first_error(
-            await all_settled(*(one(i, params, group) for i, params in enumerate(params_list)))
+            await all_settled(*(one(i, params, lanes) for i, params in enumerate(params_list)))
         )
     batch = BatchResult(results=list(results))
     await publish_batch(definition, batch)

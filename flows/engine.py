@@ -7,9 +7,9 @@ the rules it applies live in ``toolflows.core`` and the steps in their modules.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio
 from prefect import flow
@@ -18,7 +18,7 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 
 from toolflows.cancel import cancel_job, cancel_remote_job
 from toolflows.core.definition import MethodDefinition
-from toolflows.core.detection import JobState, find_outputs, find_result_link
+from toolflows.core.detection import JobState, JobStatus, find_outputs, find_result_link
 from toolflows.core.errors import ErrorCode, ToolflowsError
 from toolflows.core.templates import render_template, resolve_link
 from toolflows.download import download_outputs
@@ -29,19 +29,56 @@ from toolflows.poll import (
     Answer,
     check_status,
     fetch_result,
-    paced,
     raise_if_unsuccessful,
+    retry_until_the_wait_ends,
     status_of,
 )
 from toolflows.reporting import job_journal, publish_failure, publish_success
-from toolflows.rounds import StatusRounds
 from toolflows.submit import resumed_job, submit_job
-
-if TYPE_CHECKING:
-    from toolflows.batch import JobGroup
 
 # How long a cancelled or timed-out run may spend asking the provider to cancel.
 CANCEL_GRACE_SECONDS = 30
+
+
+class Lanes(Protocol):
+    """How a job shares its run with other jobs: the gates it passes, how it waits.
+
+    A job run alone shares nothing (``SOLO``); the jobs of a batch share
+    bounded submits and downloads and make their status checks in rounds
+    (``toolflows.batch``).
+    """
+
+    @property
+    def submit_gate(self) -> AbstractAsyncContextManager[Any]:
+        """Held while the job's submit is sent."""
+
+    @property
+    def download_gate(self) -> AbstractAsyncContextManager[Any]:
+        """Held while the job's outputs download."""
+
+    @property
+    def job_artifacts(self) -> bool:
+        """Whether the job publishes its own artifacts (a batch publishes one table)."""
+
+    async def wait(
+        self, definition: MethodDefinition, job: SubmittedJob
+    ) -> tuple[JobStatus, Answer]:
+        """Wait for the job to end: its success and last answer, or its failure raised."""
+
+
+class SoloLanes:
+    """A job run alone: no gates, and one task attempt per status check."""
+
+    submit_gate = download_gate = nullcontext()
+    job_artifacts = True
+
+    async def wait(
+        self, definition: MethodDefinition, job: SubmittedJob
+    ) -> tuple[JobStatus, Answer]:
+        return await retry_until_the_wait_ends(check_status, definition, job)
+
+
+SOLO = SoloLanes()
 
 
 @flow(
@@ -105,25 +142,23 @@ async def run_job(
     *,
     resume_task_id: str | None = None,
     job_key: str = "",
-    group: JobGroup | None = None,
+    lanes: Lanes = SOLO,
 ) -> ToolResult:
     """One job, inside an open provider session (a batch runs many in one session).
 
-    ``job_key`` distinguishes jobs of one flow run that share their params. A
-    batch's jobs share a ``group``: their status checks are made in rounds,
-    their submits and downloads in flight are bounded.
+    ``job_key`` distinguishes jobs of one flow run that share their params;
+    ``lanes`` say what the job shares with the other jobs of the run.
     """
-    with job_journal(definition, artifacts=group is None) as journal:
+    with job_journal(definition, artifacts=lanes.job_artifacts) as journal:
         async with provider_slot(definition):
             if resume_task_id:
                 job = resumed_job(definition, resume_task_id, params)
             else:
-                async with group.submits if group else contextlib.nullcontext():
+                async with lanes.submit_gate:
                     job = await submit_job(definition, params, job_key)
             journal.task_id = job.task_id
-            rounds = group.rounds if group else None
             try:
-                answer, last_payload = await _wait_for(definition, job, params, rounds)
+                answer, last_payload = await _wait_for(definition, job, params, lanes)
             except ToolflowsError as error:
                 error.with_task_id(job.task_id)
                 if (
@@ -140,7 +175,7 @@ async def run_job(
                 raise
         # The provider's job is over: its slot is free while the files download.
         try:
-            async with group.downloads if group else contextlib.nullcontext():
+            async with lanes.download_gate:
                 result = await _store_outputs(definition, job, answer, last_payload)
         except ToolflowsError as error:
             await publish_failure(error.with_task_id(job.task_id), journal)
@@ -153,7 +188,7 @@ async def _wait_for(
     definition: MethodDefinition,
     job: SubmittedJob,
     params: dict[str, Any],
-    rounds: StatusRounds | None,
+    lanes: Lanes,
 ) -> tuple[Answer, Any]:
     """Wait for the job to succeed; return the final answer and the last JSON payload."""
     polling = definition.adapter_config.polling
@@ -166,10 +201,8 @@ async def _wait_for(
             if job.task_id is not None or not find_outputs(answer.payload, polling.output_path):
                 raise _cannot_poll(definition, job)
             # A synchronous API: the submit answer already holds the outputs.
-        elif rounds is not None:
-            status, answer = await rounds.wait(job)
         else:
-            status, answer = await paced(check_status, polling)(definition, job)
+            status, answer = await lanes.wait(definition, job)
     raise_if_unsuccessful(status, job.task_id)
     last_payload = answer.payload
     return await _result_answer(definition, job, answer, params), last_payload
@@ -229,7 +262,7 @@ async def _result_answer(
     get_run_logger().info("Fetching result of task %s", job.task_id)
     # Only the definition's resultUrl has its ${VAR} filled; a response_url is sent as sent.
     configured = polling.result_url is not None
-    return await paced(fetch_result, polling)(definition, job, url, configured)
+    return await retry_until_the_wait_ends(fetch_result, definition, job, url, configured)
 
 
 def _cannot_poll(definition: MethodDefinition, job: SubmittedJob) -> ToolflowsError:

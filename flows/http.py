@@ -106,7 +106,7 @@ class ProviderSession:
         async with _within(read_by, self.redact(url)):
             response = await self._send_following_redirects(
                 method,
-                self._fill(url) if configured else url,
+                self._fill_env_placeholders(url) if configured else url,
                 credentials=credentials,
                 headers=headers,
                 content=content,
@@ -237,7 +237,7 @@ class ProviderSession:
             ErrorCode.HTTP_ERROR, f"refusing to fetch {self.redact(url)!r}: {reason}"
         )
 
-    def _fill(self, url: str) -> str:
+    def _fill_env_placeholders(self, url: str) -> str:
         """Resolve ``${VAR}`` at send time, so persisted URLs never hold the secret."""
         return substitute_env(url, self.placeholder_values) if "${" in url else url
 

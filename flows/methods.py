@@ -46,11 +46,8 @@ class PreparedMethod:
 
     @property
     def endpoint(self) -> str:
-        return self.fill(self.definition.endpoint)
-
-    def fill(self, text: str) -> str:
-        """``text`` with its ``${VAR}`` placeholders replaced by their values."""
-        return substitute_env(text, self.placeholder_values)
+        """The submit URL with its ``${VAR}`` placeholders filled."""
+        return substitute_env(self.definition.endpoint, self.placeholder_values)
 
 
 def session_for(prepared: PreparedMethod) -> AbstractAsyncContextManager[ProviderSession]:

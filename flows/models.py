@@ -7,7 +7,7 @@ from typing import Any, BinaryIO, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from toolflows.storage import open_stored, presigned_url
+from toolflows.storage import PRESIGNED_LINK_SECONDS, open_stored, presigned_url
 
 
 class CamelModel(BaseModel):
@@ -47,7 +47,7 @@ class StoredFile(CamelModel):
         """A binary file object reading the stored bytes."""
         return open_stored(self.uri, self.storage_block)
 
-    def presigned_url(self, expires_seconds: int = 3600) -> str:
+    def presigned_url(self, expires_seconds: int = PRESIGNED_LINK_SECONDS) -> str:
         """An HTTPS link to the file that anyone can fetch until it expires (S3 only)."""
         return presigned_url(self.uri, self.storage_block, expires_seconds)
 

@@ -3,7 +3,7 @@
 One status check is one task attempt. A check that finds the job still running
 (or meets a rate limit, a 5xx or a broken connection) raises ``CheckAgain``
 carrying the next delay of our backoff schedule; the retry condition
-``pace_next_check`` hands that delay to Prefect, which shows the task as
+``schedule_next_check`` hands that delay to Prefect, which shows the task as
 AwaitingRetry until then. Anything else (4xx, a failed job) fails fast. The
 jobs of a batch share their checks' task attempts instead (``toolflows.rounds``);
 what a check does and means is ``check_once`` either way.
@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
@@ -38,7 +37,6 @@ from toolflows.core.detection import (
 )
 from toolflows.core.errors import ErrorCode, ToolflowsError
 from toolflows.core.redact import display_text
-from toolflows.download import file_target, store_body
 from toolflows.http import (
     ERROR_BODY_BYTES,
     MAX_JSON_BYTES,
@@ -51,6 +49,7 @@ from toolflows.http import (
 )
 from toolflows.models import StoredFile, SubmittedJob
 from toolflows.reporting import JobJournal, current_journal, report_status
+from toolflows.transfer import file_target, store_body
 
 T = TypeVar("T")
 
@@ -75,7 +74,7 @@ class Answer:
     url_configured: bool = False
 
 
-async def pace_next_check(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+async def schedule_next_check(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
     """Retry only ``CheckAgain``, after the delay it carries.
 
     Each run polls with its own ``with_options`` copy of the task, so setting
@@ -88,17 +87,9 @@ async def pace_next_check(task: Task[..., Any], task_run: TaskRun, state: State[
     return True
 
 
-def schedule_of(polling: PollingConfig) -> PollSchedule:
-    return PollSchedule(
-        interval_seconds=polling.interval_seconds,
-        backoff_factor=polling.backoff_factor,
-        max_interval_seconds=polling.max_interval_seconds,
-        jitter=polling.jitter,
-        max_wait_seconds=polling.max_wait_seconds,
-    )
-
-
-def paced(step: Task[..., T], polling: PollingConfig) -> Callable[..., Awaitable[T]]:
+async def retry_until_the_wait_ends(
+    step: Task[..., T], method: MethodDefinition, job: SubmittedJob, *args: Any
+) -> T:
     """Run a polling task (``check_status``, ``fetch_result``) until the job's wait ends.
 
     Its retries are sized for the schedule's planned checks, but only the
@@ -106,30 +97,37 @@ def paced(step: Task[..., T], polling: PollingConfig) -> Callable[..., Awaitable
     than is counted use them up first, the checks go on in a new task run,
     numbered on from the last one.
     """
-    planned = schedule_of(polling).planned_polls()
-    retries = int(planned * (1 + polling.jitter)) * 2 + 20
-    copy = step.with_options(retries=retries, retry_condition_fn=pace_next_check)
-
-    async def run(method: MethodDefinition, job: SubmittedJob, *args: Any) -> T:
-        checks_made = 0
-        while True:
-            try:
-                return await copy(method, job, *args, checks_made=checks_made)
-            except CheckAgain as again:
-                checks_made += retries + 1
-                await asyncio.sleep(again.delay)
-
-    return run
+    schedule = method.adapter_config.polling.schedule
+    retries = int(schedule.planned_polls() * (1 + schedule.jitter)) * 2 + 20
+    attempts = step.with_options(retries=retries, retry_condition_fn=schedule_next_check)
+    checks_made = 0
+    while True:
+        try:
+            return await attempts(method, job, *args, checks_made=checks_made)
+        except CheckAgain as again:
+            checks_made += retries + 1
+            await asyncio.sleep(again.delay)
 
 
 @dataclass(frozen=True)
-class Pace:
-    """Where one attempt stands against the schedule and the deadline."""
+class CheckAttempt:
+    """One check of a job (status or result): its number, the schedule and the deadline."""
 
     schedule: PollSchedule
     deadline: float
-    attempt: int
+    number: int
     task_id: str | None
+
+    @classmethod
+    def of(cls, method: MethodDefinition, job: SubmittedJob, number: int) -> CheckAttempt:
+        """Check number ``number`` of ``job`` against its method's schedule."""
+        polling = method.adapter_config.polling
+        return cls(
+            schedule=polling.schedule,
+            deadline=job.submitted_at + polling.max_wait_seconds,
+            number=number,
+            task_id=job.task_id,
+        )
 
     def check_again(
         self, reason: str, *, retry_after: float | None = None, last_status: str | None = None
@@ -145,33 +143,24 @@ class Pace:
                 last_status=last,
             )
         delay = self.schedule.next_delay(
-            self.attempt + 1, remaining_seconds=remaining, retry_after=retry_after
+            self.number + 1, remaining_seconds=remaining, retry_after=retry_after
         )
         show_status(self.task_id, last_status or reason, next_check_in=delay)
         raise CheckAgain(reason, delay)
 
 
-def pace_of(method: MethodDefinition, job: SubmittedJob, attempt: int) -> Pace:
-    """Check number ``attempt`` of ``job`` against its method's schedule."""
-    polling = method.adapter_config.polling
-    return Pace(
-        schedule=schedule_of(polling),
-        deadline=job.submitted_at + polling.max_wait_seconds,
-        attempt=attempt,
-        task_id=job.task_id,
-    )
-
-
-def _pace(method: MethodDefinition, job: SubmittedJob, checks_made: int) -> Pace:
-    """The pace of this task attempt: its run count numbers the check, after earlier runs'."""
+def _current_attempt(method: MethodDefinition, job: SubmittedJob, checks_made: int) -> CheckAttempt:
+    """The check this task attempt makes: its run count numbers it, after earlier runs' checks."""
     context = TaskRunContext.get()
-    return pace_of(method, job, checks_made + (context.task_run.run_count if context else 1))
+    return CheckAttempt.of(
+        method, job, checks_made + (context.task_run.run_count if context else 1)
+    )
 
 
 @task(
     name="Check job status",
     # Each check is new; a cache key per attempt would only cost hashing the inputs,
-    # and a rerun checks again: persisting answers of up to 16 MiB would buy nothing.
+    # and a rerun checks again: persisting answers (up to MAX_JSON_BYTES) would buy nothing.
     cache_policy=NO_CACHE,
     persist_result=False,
     description="One status request; retried on the backoff schedule until the job ends.",
@@ -181,20 +170,20 @@ async def check_status(
 ) -> tuple[JobStatus, Answer]:
     """Check the job once: return its success, raise its failure, ``CheckAgain`` while pending.
 
-    ``checks_made``: checks of earlier task runs of this wait (see ``paced``).
+    ``checks_made``: checks of earlier task runs of this wait (see ``retry_until_the_wait_ends``).
     """
-    pace = _pace(method, job, checks_made)
-    if pace.attempt == 1:
+    attempt = _current_attempt(method, job, checks_made)
+    if attempt.number == 1:
         # The first check, like every later one, waits its delay after the submit.
-        first_check_at = job.submitted_at + pace.schedule.base_delay(1)
-        await asyncio.sleep(max(0.0, min(first_check_at, pace.deadline) - time.time()))
-    return await check_once(method, job, pace, current_journal())
+        first_check_at = job.submitted_at + attempt.schedule.base_delay(1)
+        await asyncio.sleep(max(0.0, min(first_check_at, attempt.deadline) - time.time()))
+    return await check_once(method, job, attempt, current_journal())
 
 
 async def check_once(
     method: MethodDefinition,
     job: SubmittedJob,
-    pace: Pace,
+    attempt: CheckAttempt,
     journal: JobJournal | None,
     *,
     in_batch: bool = False,
@@ -211,8 +200,8 @@ async def check_once(
     logger.log(
         logging.DEBUG if in_batch else logging.INFO,
         "Polling %d/%d: %s",
-        pace.attempt,
-        pace.schedule.planned_polls(),
+        attempt.number,
+        attempt.schedule.planned_polls(),
         session.redact(status_url),
     )
     answer = await fetch_answer(
@@ -220,7 +209,7 @@ async def check_once(
         job,
         status_url,
         what="status check",
-        pace=pace,
+        attempt=attempt,
         configured=job.status_url_configured,
     )
     status = status_of(answer, method.adapter_config.polling)
@@ -229,7 +218,7 @@ async def check_once(
         logger.info("Task %s status: %s", display_text(job.task_id or ""), label)
     await report_status(journal, status, find_progress(answer.payload))
     if status.state is JobState.PENDING:
-        pace.check_again(f"status {status.value or 'pending'}", last_status=status.value)
+        attempt.check_again(f"status {status.value or 'pending'}", last_status=status.value)
     raise_if_unsuccessful(status, job.task_id)
     show_status(job.task_id, label)
     return status, answer
@@ -254,9 +243,9 @@ async def fetch_result(
     are filled), not the provider's ``response_url``.
     """
     current_session()
-    pace = _pace(method, job, checks_made)
+    attempt = _current_attempt(method, job, checks_made)
     return await fetch_answer(
-        method, job, url, what="result request", pace=pace, configured=configured
+        method, job, url, what="result request", attempt=attempt, configured=configured
     )
 
 
@@ -304,7 +293,7 @@ async def fetch_answer(
     url: str,
     *,
     what: str,
-    pace: Pace,
+    attempt: CheckAttempt,
     configured: bool,
 ) -> Answer:
     """GET a status/result URL: JSON, or a file body stored; transient trouble checks again.
@@ -317,11 +306,11 @@ async def fetch_answer(
     session = current_session()
     try:
         async with session.stream(
-            "GET", url, configured=configured, deadline=pace.deadline
+            "GET", url, configured=configured, deadline=attempt.deadline
         ) as response:
             if is_transient_status(response.status_code):
                 await read_capped(response, ERROR_BODY_BYTES)
-                pace.check_again(
+                attempt.check_again(
                     f"{what} answered HTTP {response.status_code}",
                     retry_after=parse_retry_after(response.headers),
                 )
@@ -330,7 +319,7 @@ async def fetch_answer(
                 raise http_error(response, what=what, redact=session.redact, task_id=job.task_id)
             if response.status_code == 200 and is_file_response(response):
                 target = await file_target(
-                    method=method, task_id=job.task_id or "job", deadline=pace.deadline
+                    method=method, task_id=job.task_id or "job", deadline=attempt.deadline
                 )
                 # The URL that answered, secrets filled in: fetched again as it is.
                 stored = await store_body(response, target, index=0, refetch_url=str(response.url))
@@ -345,4 +334,4 @@ async def fetch_answer(
                 url_configured=configured and answered_by == url,
             )
     except httpx.TransportError as exc:
-        pace.check_again(f"{what} failed ({type(exc).__name__})")
+        attempt.check_again(f"{what} failed ({type(exc).__name__})")

@@ -26,7 +26,7 @@ from prefect.logging import get_run_logger
 from toolflows.core.definition import MethodDefinition
 from toolflows.core.detection import JobStatus
 from toolflows.models import SubmittedJob
-from toolflows.poll import Answer, CheckAgain, check_once, pace_next_check, pace_of, schedule_of
+from toolflows.poll import Answer, CheckAgain, CheckAttempt, check_once, schedule_next_check
 from toolflows.reporting import JobJournal, current_journal
 
 # Rounds are at least this far apart, and a check may run this much early.
@@ -61,13 +61,15 @@ class StatusRounds:
         self.method = method
         self._waiting: list[_Waiting] = []
         self._driver: asyncio.Task[None] | None = None
-        schedule = schedule_of(method.adapter_config.polling)
+        schedule = method.adapter_config.polling.schedule
         self._first_delay = schedule.base_delay(1)
         # A job joining while the rounds sleep is due no sooner than this after its submit.
         self._longest_sleep = max(self._first_delay, MIN_ROUND_GAP_SECONDS)
         self._gap = min(MAX_ROUND_GAP_SECONDS, max(MIN_ROUND_GAP_SECONDS, self._first_delay / 4))
         rounds = math.ceil(schedule.max_wait_seconds / self._gap) + 10
-        self._round = check_round.with_options(retries=rounds, retry_condition_fn=pace_next_check)
+        self._round = check_round.with_options(
+            retries=rounds, retry_condition_fn=schedule_next_check
+        )
 
     async def wait(self, job: SubmittedJob) -> tuple[JobStatus, Answer]:
         """Wait for ``job`` to end (its first check is due like a lone job's)."""
@@ -110,10 +112,10 @@ class StatusRounds:
         """One round: check every job due by now (or within the gap)."""
         soon = time.time() + self._gap
         due = [entry for entry in self._still_waiting() if entry.due_at <= soon]
-        lanes = asyncio.Semaphore(CHECKS_IN_FLIGHT)
+        in_flight = asyncio.Semaphore(CHECKS_IN_FLIGHT)
 
         async def check(entry: _Waiting) -> None:
-            async with lanes:
+            async with in_flight:
                 await self._check(entry)
 
         await asyncio.gather(*(check(entry) for entry in due))
@@ -126,9 +128,9 @@ class StatusRounds:
 
     async def _check(self, entry: _Waiting) -> None:
         entry.checks += 1
-        pace = pace_of(self.method, entry.job, entry.checks)
+        attempt = CheckAttempt.of(self.method, entry.job, entry.checks)
         try:
-            result = await check_once(self.method, entry.job, pace, entry.journal, in_batch=True)
+            result = await check_once(self.method, entry.job, attempt, entry.journal, in_batch=True)
         except CheckAgain as again:
             entry.due_at = time.time() + again.delay
         except Exception as exc:

@@ -24,13 +24,12 @@ from prefect.cache_policies import CachePolicy
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging import get_run_logger
 
-from toolflows.core.backoff import parse_retry_after
+from toolflows.core.backoff import parse_retry_after, retry_delay
 from toolflows.core.definition import MethodDefinition
 from toolflows.core.detection import find_cancel_link, find_status_link, find_task_id
 from toolflows.core.errors import ErrorCode, ToolflowsError
 from toolflows.core.redact import display_text
 from toolflows.core.templates import render_template, resolve_link
-from toolflows.download import FileTarget, file_target, store_body
 from toolflows.http import (
     ERROR_BODY_BYTES,
     MAX_JSON_BYTES,
@@ -41,6 +40,7 @@ from toolflows.http import (
     read_capped,
 )
 from toolflows.models import SubmittedJob
+from toolflows.transfer import FileTarget, file_target, store_body
 from toolflows.uploads import request_content
 
 SUBMIT_ATTEMPTS = 4
@@ -191,7 +191,7 @@ async def _submit_response(
                             ErrorCode.HTTP_ERROR,
                             f"submit failed: cannot connect to {session.redact(method.endpoint)}",
                         ) from exc
-                    delay = min(2.0 ** (attempt - 1), 8.0)
+                    delay = retry_delay(attempt)
                 except httpx.TransportError as exc:
                     raise _failed_after_sending(exc) from exc
                 else:

@@ -5,7 +5,8 @@ that file (SPEC §2). Remote files are streamed into a temporary file first, in
 constant memory and once per submit: the request then has a length, and can be
 sent again from its first byte when it never reached the server. An http(s)
 source is fetched through the run's session, so the SSRF rules hold on every
-hop and the method's credentials go only to the endpoint's own origin. An
+hop and the method's credentials go only to the endpoint's own origin, and read
+as a download is: decoded in bounded steps, within the download pace. An
 ``s3://`` source is read with the credentials of the run's storage: the
 method's ``storage`` block, else the run's result storage, when it is an S3
 bucket; else boto3's default chain (environment, ``~/.aws``, instance role).
@@ -39,6 +40,7 @@ from toolflows.http import (
     read_capped,
 )
 from toolflows.storage import S3FileStore, resolve_file_store
+from toolflows.transfer import TransferPace, receive_body
 
 SPOOL_CHUNK_BYTES = 1024 * 1024
 # Bytes kept to tell a file's type when its source does not say.
@@ -140,21 +142,29 @@ def _local(reference: str, stack: AsyncExitStack) -> Upload:
 
 
 async def _fetched(url: str, method: MethodDefinition, stack: AsyncExitStack) -> Upload:
-    """Stream an http(s) source into a temporary file, capped at ``maxDownloadBytes``."""
+    """Stream an http(s) source into a temporary file, bounded like a download.
+
+    Decoded a bounded step at a time, within the download pace, and capped at
+    ``maxDownloadBytes``: a source that drips or inflates cannot hold the submit.
+    """
     session = current_session()
-    limit = method.adapter_config.max_download_bytes
+    config = method.adapter_config
+    source = session.redact(url)
+    what = f"fetching multipart file {source}"
     spool = _spool(stack)
-    size = 0
+
+    def spooled(piece: bytes) -> None:
+        if spool.tell() + len(piece) > config.max_download_bytes:
+            raise _larger_than(source, config.max_download_bytes)
+        spool.write(piece)
+
     async with session.stream("GET", url, credentials=Credentials.ENDPOINT_ONLY) as response:
         if response.status_code >= 400:
             await read_capped(response, ERROR_BODY_BYTES)
-            what = f"fetching multipart file {session.redact(url)}"
             raise http_error(response, what=what, redact=session.redact)
-        async for chunk in response.aiter_bytes(SPOOL_CHUNK_BYTES):
-            size += len(chunk)
-            if size > limit:
-                raise _larger_than(session.redact(url), limit)
-            spool.write(chunk)
+        await receive_body(
+            response, TransferPace.of(config), spooled, what=what, failure=ErrorCode.HTTP_ERROR
+        )
         spool.seek(0)
         named = filename_from_content_disposition(
             response.headers.get("content-disposition")

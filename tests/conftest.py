@@ -38,7 +38,7 @@ def storage_dir() -> Path:
 @pytest.fixture(scope="module")
 def fake() -> Iterator[object]:
     """The fake provider (API and CDN origins on loopback), shared by a module."""
-    from toolflows.fake_provider import FakeProvider
+    from testkit.fake_provider import FakeProvider
 
     with FakeProvider() as provider:
         yield provider

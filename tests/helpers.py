@@ -51,15 +51,20 @@ FAST_POLLING = {
 }
 
 
-def fake_method(fake: Any, provider: str, **polling: Any) -> MethodDefinition:
-    """The provider's preset aimed at the fake, its key in the environment, polling fast."""
-    inventory_key, name, variable = PRESETS[provider]
-    os.environ[variable] = fake.api_keys[inventory_key]
-    method = retarget(load_preset(inventory_key, name), fake.api_url)
+def aimed_at(fake: Any, definition: MethodDefinition, **polling: Any) -> MethodDefinition:
+    """A preset aimed at the fake provider, polling fast (``polling`` overrides)."""
+    method = retarget(definition, fake.api_url).model_copy(deep=True)
     method.adapter_config.polling = method.adapter_config.polling.model_copy(
         update={**FAST_POLLING, **polling}
     )
     return method
+
+
+def fake_method(fake: Any, provider: str, **polling: Any) -> MethodDefinition:
+    """The provider's preset aimed at the fake, its key in the environment, polling fast."""
+    inventory_key, name, variable = PRESETS[provider]
+    os.environ[variable] = fake.api_keys[inventory_key]
+    return aimed_at(fake, load_preset(inventory_key, name), **polling)
 
 
 def generic_definition(fake: Any, endpoint: str, **polling: Any) -> dict[str, Any]:

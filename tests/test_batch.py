@@ -11,14 +11,14 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.utilities.asyncutils import run_coro_as_sync
 
+from testkit.fake_provider import Fault
+from testkit.prefect_stack import wait_for
 from tests.helpers import PARAMS, artifacts_of, fake_method, run
-from tests.prefect_stack import wait_for
 from toolflows import batch as batch_module
 from toolflows import rounds as rounds_module
 from toolflows.batch import run_batch
 from toolflows.core.errors import ErrorCode, ToolflowsError
 from toolflows.engine import run_tool_method
-from toolflows.fake_provider import Fault
 from toolflows.models import ErrorResult, ToolResult
 
 pytestmark = pytest.mark.usefixtures("prefect_api")

@@ -161,24 +161,6 @@ def test_resume_collects_a_job_without_submitting(fresh_fake, tmp_path):
     assert fresh_fake.submits("runway") == 1
 
 
-def test_demo_on_embedded_defaults(tmp_path):
-    """The README's first command: no API URL, Prefect's embedded server."""
-    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
-    env["PREFECT_LOCAL_STORAGE_PATH"] = str(tmp_path / "storage")
-    completed = subprocess.run(
-        [_toolflows(), "demo"], capture_output=True, text=True, timeout=300, env=env
-    )
-
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    result = json.loads(completed.stdout)
-    file = result["files"][0]
-    stored = Path(file["uri"].removeprefix("file://"))
-    assert stored.is_relative_to(tmp_path / "storage")
-    assert hashlib.sha256(stored.read_bytes()).hexdigest() == file["sha256"]
-    assert "Starting temporary server" in completed.stderr
-
-
 # -- a wrong config fails at once, cleanly (issue 9, point 13) ----------------------------
 
 # Well under a second on an idle machine (no Prefect import, no flow run); the bound

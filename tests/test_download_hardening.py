@@ -30,16 +30,16 @@ from prefect.filesystems import LocalFileSystem
 from prefect.utilities.asyncutils import run_coro_as_sync
 from prefect_aws import AwsClientParameters, AwsCredentials, S3Bucket
 
+from testkit.fake_provider import FakeProvider, Fault
+from testkit.prefect_stack import moto_s3
 from tests.helpers import PARAMS, fake_method, generic_definition, run
-from tests.prefect_stack import moto_s3
 from toolflows.core.definition import MethodDefinition, PollingConfig, parse_definition
 from toolflows.core.errors import ErrorCode, ToolflowsError
 from toolflows.core.redact import Redactor
-from toolflows.download import FileTarget, store_body
-from toolflows.fake_provider import FakeProvider, Fault
 from toolflows.http import provider_session
 from toolflows.models import ToolResult
 from toolflows.storage import LocalFileStore, S3FileStore, _S3MultipartUpload, file_store_for
+from toolflows.transfer import FileTarget, store_body
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -444,7 +444,7 @@ def test_an_s3_bucket_subclass_is_stored_as_s3_under_its_folder():
 
 def content_url(fake: FakeProvider, **behaviour: Any) -> tuple[str, str]:
     """The ``/content`` URL of a finished OpenAI-style video on the fake, and its id."""
-    fake.script("openai", polls_until_done=0, file_size=300_000, **behaviour)
+    fake.script("openai", polls_until_done=0, **{"file_size": 300_000, **behaviour})
     headers = {"Authorization": f"Bearer {fake.api_keys['generic']}"}
     video = httpx.post(f"{fake.api_url}/v1/videos", json={"prompt": "a"}, headers=headers).json()
     httpx.get(f"{fake.api_url}/v1/videos/{video['id']}", headers=headers)
@@ -486,7 +486,7 @@ def test_a_result_file_cut_short_is_fetched_again(fresh_fake, tmp_path):
 
 
 def test_a_result_file_dripping_is_fetched_again(fresh_fake, tmp_path):
-    from toolflows.download import TransferPace
+    from toolflows.transfer import TransferPace
 
     url, video_id = content_url(fresh_fake, download_faults=[Fault.drip(0.01)])
     pace = TransferPace(first_byte_seconds=0.5, min_bytes_per_second=2000, stall_seconds=0.5)
@@ -509,3 +509,28 @@ def test_a_submit_answer_cut_short_fails_and_is_not_sent_again(fresh_fake, stora
     assert "not sent again" in raised.value.message
     assert fresh_fake.submits("openai") == 1
     assert list(storage_dir.rglob("*.part")) == []
+
+
+# -- 15. an upload's source is read like a download ------------------------------------------
+
+
+def test_an_upload_source_dripping_ends_the_submit_within_the_pace(fresh_fake):
+    """3 kB at 100 bytes/s: without the pace rule the submit waits 30 s for it, then sends it."""
+    url, _ = content_url(fresh_fake, file_size=3000, download_faults=[Fault.drip(0.01)])
+    definition = generic_definition(fresh_fake, "/v2/jobs")
+    definition["adapterConfig"].update(
+        bodyType="multipart",
+        downloadFirstByteSeconds=0.5,
+        downloadMinBytesPerSecond=2000,
+        downloadStallSeconds=0.5,
+    )
+
+    started = time.monotonic()
+    with pytest.raises(ToolflowsError) as raised:
+        run(definition, {"image": {"file": url}})
+
+    assert time.monotonic() - started < 10
+    assert raised.value.code is ErrorCode.HTTP_ERROR
+    assert "fetching multipart file" in raised.value.message
+    assert "slower than 2000 bytes/s" in raised.value.message
+    assert fresh_fake.submits("jobs") == 0

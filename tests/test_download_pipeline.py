@@ -19,15 +19,22 @@ import anyio
 import httpx
 import pytest
 
+from testkit.fake_provider import FakeProvider, Fault
 from tests.helpers import PARAMS, fake_method, run
-from toolflows import download
+from toolflows import transfer
 from toolflows.core.errors import ErrorCode, ToolflowsError
 from toolflows.core.redact import Redactor
-from toolflows.download import WRITER_BATCH_BYTES, WRITER_QUEUE, FileTarget, store_output
-from toolflows.fake_provider import FakeProvider, Fault
+from toolflows.download import store_output
 from toolflows.http import provider_session
 from toolflows.models import StoredFile
-from toolflows.storage import FileStore, LocalFileStore, _FileUpload
+from toolflows.storage import (
+    WRITER_BATCH_BYTES,
+    WRITER_QUEUE,
+    FileStore,
+    LocalFileStore,
+    _FileUpload,
+)
+from toolflows.transfer import FileTarget
 
 MIB = 1024 * 1024
 _real_write = _FileUpload.write
@@ -130,7 +137,7 @@ def test_a_slow_store_holds_the_receiving_back_a_few_mib(fresh_fake, tmp_path, m
     written = slow_write(monkeypatch, 0.01)
     lags: list[int] = []
     monkeypatch.setattr(
-        download, "show_download", lambda _name, done, _total: lags.append(done - written[0])
+        transfer, "show_download", lambda _name, done, _total: lags.append(done - written[0])
     )
     url, job_id = output_url(fresh_fake, 24 * MIB)
 

@@ -1,10 +1,17 @@
-"""The fake provider speaks the real APIs' shapes over real HTTP, and misbehaves on cue."""
+"""The fake provider speaks the real APIs' shapes over real HTTP, and misbehaves on cue.
+
+The full fake (testkit) builds on the small one the package ships for ``toolflows demo``
+and the README's walk-through; the last tests hold the shipped one to that.
+"""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import base64
 import hashlib
+import json
+import os
 import subprocess
 import sys
 import time
@@ -15,7 +22,9 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from toolflows.fake_provider import Behaviour, FakeProvider, Fault
+import toolflows.fake_provider
+from testkit.fake_provider import Behaviour, FakeProvider, Fault
+from testkit.prefect_stack import free_port
 
 HEYGEN = {"X-Api-Key": "hg_test_key"}
 FAL = {"Authorization": "Key fal_test_key"}
@@ -638,7 +647,7 @@ def test_behaviour_is_validated(fake: FakeProvider) -> None:
 def test_main_prints_urls_and_serves() -> None:
     root = Path(__file__).resolve().parents[1]
     process = subprocess.Popen(
-        [sys.executable, "-m", "toolflows.fake_provider"],
+        [sys.executable, "-m", "testkit.fake_provider"],
         cwd=root,
         stdout=subprocess.PIPE,
         text=True,
@@ -653,3 +662,93 @@ def test_main_prints_urls_and_serves() -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+# -- the small fake the package ships -------------------------------------------------------
+
+# The definition of README's "Adding a provider that is not a preset", its endpoint on
+# the port the shipped fake was started on.
+ACME = {
+    "inventoryKey": "acme",
+    "name": "text_to_video",
+    "requestSchema": {
+        "type": "object",
+        "required": ["prompt"],
+        "properties": {"prompt": {"type": "string"}, "model": {"type": "string"}},
+    },
+    "adapterConfig": {
+        "headers": {"Authorization": "Bearer ${ACME_KEY}"},
+        "polling": {
+            "statusUrl": "/v1/videos/{id}",
+            "resultUrl": "/v1/videos/{id}/content",
+            "intervalSeconds": 1,
+        },
+    },
+}
+# Names only the test machinery has: none may be defined in the shipped package.
+TEST_MACHINERY = ("fault", "record", "leak", "script", "misbehav", "abort", "drip", "cancel")
+
+
+def test_shipped_fake_runs_the_readme_walkthrough(prefect_api: str, tmp_path: Path) -> None:
+    port, cdn_port = free_port(), free_port()
+    command = [sys.executable, "-m", "toolflows.fake_provider"]
+    process = subprocess.Popen(
+        [*command, "--port", str(port), "--cdn-port", str(cdn_port)],
+        cwd=tmp_path,  # no repository on the path: the installed package alone
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        printed = [process.stdout.readline() for _ in range(4)]
+        assert printed[:2] == [
+            f"API  http://127.0.0.1:{port}\n",
+            f"CDN  http://127.0.0.1:{cdn_port}\n",
+        ]
+        assert "key  generic: generic_test_key\n" in printed
+        definition = tmp_path / "acme.json"
+        definition.write_text(
+            json.dumps({**ACME, "endpoint": f"http://127.0.0.1:{port}/v1/videos"})
+        )
+        params = json.dumps({"prompt": "a cat surfing", "model": "sora-2"})
+        toolflows = str(Path(sys.executable).with_name("toolflows"))
+        completed = subprocess.run(
+            [toolflows, "run", str(definition), "--params", params],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env={**os.environ, "PREFECT_API_URL": prefect_api, "ACME_KEY": "generic_test_key"},
+        )
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        result = json.loads(completed.stdout)
+        served = httpx.get(
+            f"http://127.0.0.1:{port}/v1/videos/{result['taskId']}/content",
+            headers=GENERIC,
+            timeout=10,
+        )
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    assert result["status"] == "success" and served.content.startswith(MP4_MAGIC)
+    [file] = result["files"]
+    stored = Path(file["uri"].removeprefix("file://")).read_bytes()
+    assert sha256(stored) == file["sha256"] == sha256(served.content)
+
+
+def test_shipped_fake_holds_no_test_machinery() -> None:
+    """The package's fake imports no test support and defines none of its machinery; the
+    full fake extends it instead of copying it."""
+    package = Path(toolflows.fake_provider.__file__).parent
+    imported, defined = set(), set()
+    for module in package.glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                imported.add(node.module or "")
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                defined.add(node.name.lower())
+    assert imported and defined
+    assert not [name for name in imported if name.split(".")[0] in ("testkit", "tests")]
+    assert not [name for name in defined if any(word in name for word in TEST_MACHINERY)]
+    assert issubclass(FakeProvider, toolflows.fake_provider.FakeProvider)

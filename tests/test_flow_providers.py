@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from testkit.fake_provider import Fault
 from tests.helpers import PARAMS, fake_method, run
 from toolflows.core.errors import ErrorCode, ToolflowsError
-from toolflows.fake_provider import Fault
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from testkit.fake_provider import Fault
 from tests.helpers import PARAMS, fake_method, generic_definition, run
 from toolflows.core.errors import ErrorCode, ToolflowsError
-from toolflows.fake_provider import Fault
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

@@ -18,6 +18,7 @@ from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventResourceFilter
 from prefect.utilities.asyncutils import run_coro_as_sync
 
+from testkit.fake_provider import FakeProvider, Fault
 from tests.helpers import FAST_POLLING, run
 from tests.test_http_safety import (
     assert_no_leaks,
@@ -27,7 +28,6 @@ from tests.test_http_safety import (
 )
 from toolflows.core.errors import ErrorCode, ToolflowsError
 from toolflows.engine import run_tool_method
-from toolflows.fake_provider import FakeProvider, Fault
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

@@ -22,11 +22,11 @@ import httpx
 import pytest
 from prefect.utilities.asyncutils import run_coro_as_sync
 
+from testkit.fake_provider import FakeProvider, Fault
 from tests.helpers import PARAMS, fake_method, generic_definition
 from toolflows.core.errors import ErrorCode, ToolflowsError
 from toolflows.core.redact import Redactor
 from toolflows.engine import run_tool_method
-from toolflows.fake_provider import FakeProvider, Fault
 from toolflows.http import provider_session
 
 SECRET_VARIABLE = "TOOLFLOWS_HARDENING_SECRET"

@@ -37,12 +37,12 @@ from prefect.client.schemas.filters import (
 )
 from prefect.utilities.asyncutils import run_coro_as_sync
 
+from testkit.fake_provider import FakeProvider, Fault
 from tests.helpers import PARAMS, fake_method, generic_definition, run
 from toolflows.core.definition import MethodDefinition
 from toolflows.core.errors import ErrorCode, ToolflowsError
 from toolflows.core.redact import Redactor
 from toolflows.engine import run_tool_method
-from toolflows.fake_provider import FakeProvider, Fault
 from toolflows.http import Credentials, ProviderSession, provider_session
 from toolflows.transport import CheckedTransport
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from testkit.fake_provider import FakeProvider
 from tests.helpers import PARAMS, fake_method
-from toolflows.fake_provider import FakeProvider
 
 MIB = 1024 * 1024
 BIG_FILE = 256 * MIB

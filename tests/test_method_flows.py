@@ -25,8 +25,8 @@ from prefect.states import Cancelling
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 import toolflows.deployments.method_flows as method_flows_module
+from testkit.prefect_stack import stop_group, wait_for
 from tests.helpers import FAST_POLLING, PARAMS, fake_method
-from tests.prefect_stack import stop_group, wait_for
 from toolflows.core.definition import MethodDefinition
 from toolflows.core.errors import ErrorCode, ToolflowsError
 from toolflows.deployments.method_flows import flow_attribute, flow_name, method_flow

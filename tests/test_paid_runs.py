@@ -20,8 +20,9 @@ from prefect.deployments import run_deployment
 from prefect.states import Cancelling
 from prefect.utilities.asyncutils import run_coro_as_sync
 
+from testkit.fake_provider import Fault
+from testkit.prefect_stack import moto_s3, save_s3_bucket, wait_for
 from tests.helpers import PARAMS, fake_method, generic_definition, run
-from tests.prefect_stack import moto_s3, save_s3_bucket, wait_for
 from tests.test_served_runs import (
     assert_one_submit_collected,
     crash_then_rerun,
@@ -34,7 +35,6 @@ from toolflows.core import backoff
 from toolflows.core.errors import ErrorCode, ToolflowsError
 from toolflows.deployments.registry import register_definitions
 from toolflows.engine import run_tool_method
-from toolflows.fake_provider import Fault
 from toolflows.models import SubmittedJob
 from toolflows.pipelines import image_to_video_pipeline
 
@@ -351,59 +351,65 @@ def test_a_block_edit_between_crash_and_rerun_does_not_submit_again(
     assert_one_submit_collected(fresh_fake, result)
 
 
-def test_cancelling_a_hung_served_batch_cancels_every_job_from_the_runner(
+def test_cancelling_hung_served_runs_cancels_their_jobs_from_the_runner(
     fresh_fake, prefect_api, tmp_path
 ):
     """The run's process cannot clean up (frozen, like a hung loop or a paused machine):
-    the runner kills it, and its cancellation hook cancels every job from persisted state."""
-    fresh_fake.script("fal", polls_until_done=10_000)
-    method = fake_method(
-        fresh_fake, "fal", max_wait_seconds=300, interval_seconds=0.2, max_interval_seconds=0.5
-    )
-    jobs = 3
-    with served(prefect_api, tmp_path / "runner.log", "toolflows.batch:run_batch") as (
-        deployment,
-        runner_pid,
-    ):
-        wait_for(lambda: deployment_exists(deployment), 60, "the served deployment")
-        flow_run = run_deployment(
-            deployment,
-            parameters={"method": method.model_dump(), "params_list": [PARAMS["fal"]] * jobs},
-            timeout=0,
-        )
-        wait_for(lambda: every_job_polled(fresh_fake, jobs), 90, "every job to be polled")
-        os.kill(flow_run_process(runner_pid), signal.SIGSTOP)
-        cancel_through_the_api(flow_run.id)
-        # The runner waits 30 s for the frozen process to end on SIGTERM, then kills it.
-        wait_for(lambda: len(fresh_fake.cancels("fal")) >= jobs, 120, "the provider's cancels")
+    the runner kills it, and its cancellation hook cancels every job from persisted state.
 
-    assert sorted(fresh_fake.cancels("fal")) == sorted(job.id for job in fresh_fake.jobs("fal"))
-    assert fresh_fake.submits("fal") == jobs
-
-
-def test_cancelling_a_hung_served_pipeline_cancels_its_running_jobs_from_the_runner(
-    fresh_fake, prefect_api, tmp_path
-):
+    A batch and a pipeline, each in its own runner, frozen and cancelled together: the
+    runners' 30 s kill grace runs once for both.
+    """
+    fresh_fake.script("replicate", polls_until_done=10_000)
     fresh_fake.script("fal", kind="image", polls_until_done=0)
     fresh_fake.script("runway", polls_until_done=10_000)
-    video = fake_method(
-        fresh_fake, "runway", max_wait_seconds=300, interval_seconds=0.2, max_interval_seconds=0.5
-    )
-    parameters = {
+    fast = {"max_wait_seconds": 300, "interval_seconds": 0.2, "max_interval_seconds": 0.5}
+    batch_method = fake_method(fresh_fake, "replicate", **fast)
+    jobs = 3
+    pipeline_parameters = {
         "prompts": ["a cat surfing", "a dog skiing"],
         "image_method": fake_method(fresh_fake, "fal_image").model_dump(),
-        "video_method": video.model_dump(),
+        "video_method": fake_method(fresh_fake, "runway", **fast).model_dump(),
         "video_params": RUNWAY_PARAMS,
     }
-    pipeline = "toolflows.pipelines.image_to_video:image_to_video_pipeline"
-    with served(prefect_api, tmp_path / "runner.log", pipeline) as (deployment, runner_pid):
-        wait_for(lambda: deployment_exists(deployment), 60, "the served deployment")
-        flow_run = run_deployment(deployment, parameters=parameters, timeout=0)
+    batch_flow = "toolflows.batch:run_batch"
+    pipeline_flow = "toolflows.pipelines.image_to_video:image_to_video_pipeline"
+    with (
+        served(prefect_api, tmp_path / "batch-runner.log", batch_flow) as (batch, batch_pid),
+        served(prefect_api, tmp_path / "pipeline-runner.log", pipeline_flow) as (
+            pipeline,
+            pipeline_pid,
+        ),
+    ):
+        wait_for(lambda: deployment_exists(batch), 60, "the served batch")
+        wait_for(lambda: deployment_exists(pipeline), 60, "the served pipeline")
+        batch_run = run_deployment(
+            batch,
+            parameters={
+                "method": batch_method.model_dump(),
+                "params_list": [PARAMS["replicate"]] * jobs,
+            },
+            timeout=0,
+        )
+        pipeline_run = run_deployment(pipeline, parameters=pipeline_parameters, timeout=0)
+        wait_for(lambda: every_job_polled(fresh_fake, jobs, "replicate"), 90, "the batch's jobs")
         wait_for(lambda: every_job_polled(fresh_fake, 2, "runway"), 90, "both videos polled")
-        os.kill(flow_run_process(runner_pid), signal.SIGSTOP)
-        cancel_through_the_api(flow_run.id)
-        wait_for(lambda: len(fresh_fake.cancels("runway")) >= 2, 120, "the provider's cancels")
+        for runner_pid, flow_run in ((batch_pid, batch_run), (pipeline_pid, pipeline_run)):
+            os.kill(flow_run_process(runner_pid), signal.SIGSTOP)
+            cancel_through_the_api(flow_run.id)
+        # Each runner waits 30 s for its frozen process to end on SIGTERM, then kills it.
+        wait_for(
+            lambda: (
+                len(fresh_fake.cancels("replicate")) >= jobs
+                and len(fresh_fake.cancels("runway")) >= 2
+            ),
+            120,
+            "the provider's cancels",
+        )
 
+    batch_jobs = sorted(job.id for job in fresh_fake.jobs("replicate"))
+    assert sorted(fresh_fake.cancels("replicate")) == batch_jobs
+    assert fresh_fake.submits("replicate") == jobs
     videos = sorted(job.id for job in fresh_fake.jobs("runway"))
     assert sorted(fresh_fake.cancels("runway")) == videos
 

@@ -8,7 +8,7 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 from tests.helpers import fake_method
 from toolflows.core.errors import ErrorCode, ToolflowsError
 from toolflows.pipelines import image_to_video_pipeline
-from toolflows.pipelines.steps import fill
+from toolflows.pipelines.steps import fill_params_template
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -87,7 +87,11 @@ def test_fill_keeps_types_for_whole_placeholders_and_formats_the_rest():
     values = {"prompt": "a cat", "count": 3, "urls": ["u1"]}
     template = {"n": "{count}", "text": "draw {prompt}", "list": ["{urls}", 5]}
 
-    assert fill(template, values) == {"n": 3, "text": "draw a cat", "list": [["u1"], 5]}
+    assert fill_params_template(template, values) == {
+        "n": 3,
+        "text": "draw a cat",
+        "list": [["u1"], 5],
+    }
 
 
 def test_a_pipeline_that_times_out_cancels_its_running_jobs(fresh_fake):

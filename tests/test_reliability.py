@@ -20,11 +20,11 @@ from uuid import UUID
 import pytest
 from prefect.utilities.asyncutils import run_coro_as_sync
 
+from testkit.fake_provider import FakeProvider, Fault, RecordedRequest
 from tests.helpers import FAST_POLLING, PARAMS, fake_method, run
 from toolflows.core.definition import MethodDefinition
 from toolflows.core.errors import ErrorCode, ToolflowsError
 from toolflows.engine import run_tool_method
-from toolflows.fake_provider import FakeProvider, Fault, RecordedRequest
 from toolflows.models import ToolResult
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -496,6 +496,10 @@ def test_two_cuts_in_a_row_without_range_support_restart_from_zero(fresh_fake, s
     assert [request.headers.get("range") for request in downloads(fresh_fake)] == [None] * 3
     assert result.files[0].size == 3_000_000
     assert partial_files(storage_dir) == []
+    # Starting over writes the same file again, not a "-2" sibling of a file never stored.
+    fresh_fake.script("runway", polls_until_done=0, file_size=3_000_000, ranges=False)
+    uncut = run_provider(fresh_fake, "runway")
+    assert result.files[0].filename == uncut.files[0].filename
 
 
 @pytest.mark.parametrize("ranges", [True, False], ids=["ranges", "no-ranges"])

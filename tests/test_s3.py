@@ -16,10 +16,10 @@ from prefect.settings import PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK, temporary_se
 from prefect.utilities.asyncutils import run_coro_as_sync
 from prefect_aws import S3Bucket
 
+from testkit.fake_provider import Fault
+from testkit.prefect_stack import moto_s3, save_s3_bucket
 from tests.helpers import PARAMS, fake_method, run
-from tests.prefect_stack import moto_s3, save_s3_bucket
 from tests.test_download_pipeline import cancel_by_cancel_scope, output_url, store_into
-from toolflows.fake_provider import Fault
 from toolflows.storage import S3_PART_BYTES, S3_PARTS_IN_FLIGHT, S3FileStore, _S3MultipartUpload
 
 pytestmark = pytest.mark.usefixtures("prefect_api")

@@ -42,11 +42,9 @@ from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.utilities.asyncutils import run_coro_as_sync
 
-from tests.helpers import PARAMS
-from tests.prefect_stack import (
+from testkit.prefect_stack import (
     BIN,
     Postgres,
-    aimed_at,
     background,
     create_process_pool,
     free_port,
@@ -57,6 +55,7 @@ from tests.prefect_stack import (
     save_s3_bucket,
     wait_for,
 )
+from tests.helpers import PARAMS, aimed_at
 from toolflows.deployments.registry import load_preset, register_definitions
 from toolflows.models import ToolResult
 

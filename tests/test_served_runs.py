@@ -19,8 +19,8 @@ from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelling, Scheduled
 from prefect.utilities.asyncutils import run_coro_as_sync
 
+from testkit.prefect_stack import wait_for
 from tests.helpers import PARAMS, fake_method
-from tests.prefect_stack import wait_for
 from toolflows.core.errors import ErrorCode, ToolflowsError
 from toolflows.engine import run_tool_method
 

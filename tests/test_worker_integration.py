@@ -36,12 +36,10 @@ from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.utilities.asyncutils import run_coro_as_sync
 
-from tests.helpers import PARAMS, PRESETS
-from tests.prefect_stack import (
+from testkit.prefect_stack import (
     BIN,
     PROJECT,
     SERVER_START_SECONDS,
-    aimed_at,
     background,
     create_process_pool,
     free_port,
@@ -50,6 +48,7 @@ from tests.prefect_stack import (
     run_command,
     wait_for,
 )
+from tests.helpers import PARAMS, PRESETS, aimed_at
 from toolflows.deployments.registry import preset_files, register_definitions
 from toolflows.methods import read_definition_file
 

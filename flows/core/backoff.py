@@ -25,6 +25,9 @@ MAX_COUNTED_POLLS = 10_000
 # (or a hostile value) than a real plan, and the deadline caps it anyway.
 MAX_RETRY_AFTER_SECONDS = 86_400.0
 
+# Longest pause before re-sending a request that failed (``retry_delay``).
+MAX_RETRY_DELAY_SECONDS = 8.0
+
 # A reset "delta" this large is a Unix timestamp (2001-09-09 onwards), not a duration.
 _EPOCH_THRESHOLD = 1e9
 
@@ -54,14 +57,16 @@ class SimulatedWait:
 class PollSchedule:
     """Delays between status checks, from ``adapterConfig.polling``.
 
-    ``backoff_factor=1`` gives the fixed interval of the original system.
+    Built by ``PollingConfig.schedule``, which holds the defaults: a method's
+    settings are written once. ``backoff_factor=1`` gives the fixed interval
+    of the original system.
     """
 
-    interval_seconds: float = 5.0
-    backoff_factor: float = 1.5
-    max_interval_seconds: float = 30.0
-    jitter: float = 0.1
-    max_wait_seconds: float = 300.0
+    interval_seconds: float
+    backoff_factor: float
+    max_interval_seconds: float
+    jitter: float
+    max_wait_seconds: float
 
     def __post_init__(self) -> None:
         # A shrinking or negative schedule would hammer the provider; refuse it early.
@@ -173,9 +178,6 @@ def _finite_number(text: str) -> float | None:
     except ValueError:
         return None
     return number if math.isfinite(number) else None
-
-
-MAX_RETRY_DELAY_SECONDS = 8.0
 
 
 def retry_delay(attempt: int) -> float:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import fields
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel, to_snake
 
+from toolflows.core.backoff import PollSchedule
 from toolflows.core.errors import ErrorCode, ToolflowsError
 
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
@@ -54,6 +56,13 @@ class PollingConfig(BaseModel):
         True, description='false: payload only; "required": a failed download fails the run.'
     )
     download_all: bool = False
+
+    @property
+    def schedule(self) -> PollSchedule:
+        """The delays between status checks these settings ask for."""
+        return PollSchedule(
+            **{item.name: getattr(self, item.name) for item in fields(PollSchedule)}
+        )
 
 
 class AdapterConfig(BaseModel):

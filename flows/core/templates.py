@@ -39,7 +39,7 @@ def render_template(
     fail later, less clearly.
     """
 
-    def fill(match: re.Match[str]) -> str:
+    def fill_field(match: re.Match[str]) -> str:
         field = match.group(1)
         if field == "id":
             value: Any = task_id
@@ -56,7 +56,7 @@ def render_template(
             )
         return quote(text, safe="/")
 
-    return _TEMPLATE_FIELD.sub(fill, template)
+    return _TEMPLATE_FIELD.sub(fill_field, template)
 
 
 def template_fields(template: str) -> list[str]:

@@ -1,6 +1,6 @@
-"""A fake of the providers toolflows runs against, over real HTTP (see server.FakeProvider)."""
+"""A small fake of two provider APIs over real HTTP, for ``toolflows demo`` and trying a
+definition out (see server.FakeProvider): every job succeeds."""
 
-from toolflows.fake_provider.model import Behaviour, FakeJob, Fault, RecordedRequest
 from toolflows.fake_provider.server import FakeProvider, main
 
-__all__ = ["Behaviour", "FakeJob", "FakeProvider", "Fault", "RecordedRequest", "main"]
+__all__ = ["FakeProvider", "main"]

@@ -3,13 +3,10 @@
 A file is never held in memory: its bytes are a short type-specific header followed by one
 block (at most 1 MiB, derived from the file's seed) repeated, so serving 1 GiB costs one
 block of memory and runs at socket speed, and the sha256 can be recomputed at will.
-Compressed copies (``Content-Encoding``) are made whole, for test-sized files only; a
-gzip bomb is assembled from one compressed block repeated, never inflated here.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import random
 import struct
@@ -17,20 +14,8 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Literal
 
 BLOCK_SIZE = 1 << 20
-# A gzip member header: deflate, no name, no mtime, unknown OS.
-GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
-
-DEFAULT_TYPES = {"video": "video/mp4", "image": "image/png", "audio": "audio/mpeg"}
-EXTENSIONS = {
-    "video/mp4": "mp4",
-    "image/png": "png",
-    "image/jpeg": "jpeg",
-    "image/gif": "gif",
-    "audio/mpeg": "mp3",
-}
 
 
 def _png_header(width: int = 1024, height: int = 1024) -> bytes:
@@ -71,18 +56,11 @@ class FakeFile:
     size: int
     mimetype: str
     seed_text: str
-    content_type: str | None = None
-    content_disposition: str | None = None
-    signing: Literal["cloudfront", "jwt"] | None = None
-    _sha256: str | None = field(default=None, repr=False)
-    _encoded: dict[str, bytes] = field(default_factory=dict, repr=False)
+    _sha256: str | None = field(default=None, init=False, repr=False)
 
-    @property
-    def header_type(self) -> str | None:
-        """Content-Type the CDN sends: the scripted one ("" → none), else the real type."""
-        if self.content_type is None:
-            return self.mimetype
-        return self.content_type or None
+    def headers(self) -> list[tuple[str, str]]:
+        """What the CDN says about the file besides its length."""
+        return [("content-type", self.mimetype)]
 
     def _parts(self) -> tuple[bytes, bytes]:
         prefix = MAGIC.get(self.mimetype, b"")[: self.size]
@@ -107,13 +85,6 @@ class FakeFile:
             yield piece
             pos += len(piece)
 
-    def read(self) -> bytes:
-        """Whole file; only for small files (data: URIs, tests)."""
-        return b"".join(self.chunks())
-
-    def data_uri(self) -> str:
-        return f"data:{self.mimetype};base64,{base64.b64encode(self.read()).decode()}"
-
     def sha256(self) -> str:
         if self._sha256 is None:
             digest = hashlib.sha256()
@@ -121,31 +92,3 @@ class FakeFile:
                 digest.update(chunk)
             self._sha256 = digest.hexdigest()
         return self._sha256
-
-    def encoded(self, encoding: Literal["gzip", "deflate"]) -> bytes:
-        """The file compressed as ``Content-Encoding: <encoding>`` sends it (cached)."""
-        if encoding not in self._encoded:
-            wbits = zlib.MAX_WBITS | 16 if encoding == "gzip" else zlib.MAX_WBITS
-            compressor = zlib.compressobj(6, zlib.DEFLATED, wbits)
-            pieces = [compressor.compress(chunk) for chunk in self.chunks()]
-            self._encoded[encoding] = b"".join([*pieces, compressor.flush()])
-        return self._encoded[encoding]
-
-
-@lru_cache(maxsize=4)
-def gzip_bomb(size: int) -> bytes:
-    """A gzip body inflating to ``size`` zero bytes, built without ever holding them.
-
-    After a full flush the compressor starts afresh, so every further block of zeros
-    compresses to the same bytes: one compressed block is repeated (1 GiB -> ~1 MB).
-    """
-    zeros = bytes(BLOCK_SIZE)
-    whole, rest = divmod(size, BLOCK_SIZE)
-    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    block = compressor.compress(zeros) + compressor.flush(zlib.Z_FULL_FLUSH)
-    crc = 0
-    for _ in range(whole):
-        crc = zlib.crc32(zeros, crc)
-    crc = zlib.crc32(bytes(rest), crc)
-    deflated = block * whole + compressor.compress(bytes(rest)) + compressor.flush()
-    return GZIP_HEADER + deflated + struct.pack("<II", crc, size & 0xFFFFFFFF)

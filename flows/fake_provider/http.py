@@ -1,15 +1,13 @@
-"""A small HTTP/1.1 server on asyncio streams + h11, able to misbehave on purpose.
+"""A small HTTP/1.1 server on asyncio streams + h11, with keep-alive and streamed bodies.
 
-A framework would hide exactly what the fault tests need: resetting a socket with no
-answer, announcing a Content-Length and closing halfway, holding an answer back.
+No framework: the fake must answer byte for byte as written (a Content-Length, a body
+streamed in blocks), and a subclass can take over the socket (`_write`, `_send_body`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import struct
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable
@@ -44,19 +42,13 @@ class Request:
 
 @dataclass(frozen=True)
 class Reply:
-    """What to answer, and how to misbehave while answering."""
+    """What to answer. An iterable body is streamed: `length` is its Content-Length, and
+    None sends it chunked (its size unknown until the end)."""
 
     status: int
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes | Iterable[bytes | memoryview] = b""
     length: int | None = None
-    delay: float = 0.0
-    abort: bool = False
-    cut_after: int | None = None
-    # No Content-Length: the body goes out chunked, its size unknown until the end.
-    chunked: bool = False
-    # Seconds between the body's bytes, sent one at a time (a stalled, dripping server).
-    drip: float = 0.0
 
     @classmethod
     def json(cls, status: int, payload: Any, headers: Iterable[tuple[str, str]] = ()) -> Reply:
@@ -65,6 +57,9 @@ class Reply:
 
     def but(self, **changes: Any) -> Reply:
         return replace(self, **changes)
+
+    def chunks(self) -> Iterable[bytes | memoryview]:
+        return (self.body,) if isinstance(self.body, bytes) else self.body
 
 
 Handler = Callable[[Request], Awaitable[Reply]]
@@ -77,20 +72,17 @@ def phrase(status: int) -> str:
         return ""
 
 
-def _reset(writer: asyncio.StreamWriter) -> None:
-    """Close with an RST (linger 0) so the client sees a reset, not a clean EOF."""
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()
+def send_data(conn: h11.Connection, writer: asyncio.StreamWriter, data: bytes | memoryview) -> None:
+    """Queue one piece of the body on the socket (framed as the response requires)."""
+    for piece in conn.send_with_data_passthrough(h11.Data(data=data)):
+        writer.write(piece)
 
 
 class HttpServer:
     """Serves one origin on 127.0.0.1 with keep-alive; `handler` decides every answer."""
 
-    def __init__(self, handler: Handler, on_connect: Callable[[], None]) -> None:
+    def __init__(self, handler: Handler) -> None:
         self._handler = handler
-        self._on_connect = on_connect
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._date = (0, "")
@@ -110,7 +102,6 @@ class HttpServer:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
-        self._on_connect()
         writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         conn = h11.Connection(h11.SERVER)
         try:
@@ -120,7 +111,7 @@ class HttpServer:
                     break
                 try:
                     reply = await self._handler(request)
-                except Exception:  # a bug in the fake must show up in the test, not hang it
+                except Exception:  # a bug in the fake must show up in the client, not hang it
                     reply = Reply(
                         500, (("content-type", "text/plain"),), traceback.format_exc().encode()
                     )
@@ -179,51 +170,27 @@ class HttpServer:
         self, conn: h11.Connection, writer: asyncio.StreamWriter, request: Request, reply: Reply
     ) -> bool:
         """Send `reply`; False when the connection must not be reused."""
-        if reply.delay:
-            await asyncio.sleep(reply.delay)
-        if reply.abort:
-            _reset(writer)
-            return False
-        chunks: Iterable[bytes | memoryview]
-        if isinstance(reply.body, bytes):
-            chunks, length = (reply.body,), len(reply.body)
-        else:
-            chunks, length = reply.body, reply.length or 0
+        length = len(reply.body) if isinstance(reply.body, bytes) else reply.length
         headers = [("date", self._http_date()), ("server", "toolflows-fake"), *reply.headers]
-        no_body = request.method == "HEAD" or reply.status in (204, 304)
-        if reply.status != 204 and not reply.chunked:
+        if reply.status != 204 and length is not None:
             headers.append(("content-length", str(length)))
         response = h11.Response(
             status_code=reply.status, headers=headers, reason=phrase(reply.status)
         )
         writer.write(conn.send(response))
-        if not no_body:
-            sent = 0
-            for chunk in chunks:
-                if reply.cut_after is not None and sent + len(chunk) >= reply.cut_after:
-                    for piece in conn.send_with_data_passthrough(
-                        h11.Data(data=chunk[: reply.cut_after - sent])
-                    ):
-                        writer.write(piece)
-                    writer.close()  # flushes what was written, then FIN: a short body
-                    return False
-                if reply.drip:
-                    await self._drip(conn, writer, bytes(chunk), reply.drip)
-                else:
-                    for piece in conn.send_with_data_passthrough(h11.Data(data=chunk)):
-                        writer.write(piece)
-                sent += len(chunk)
-                await writer.drain()
+        has_body = request.method != "HEAD" and reply.status not in (204, 304)
+        if has_body and not await self._send_body(conn, writer, reply):
+            return False
         writer.write(conn.send(h11.EndOfMessage()))
         await writer.drain()
         return True
 
-    @staticmethod
-    async def _drip(
-        conn: h11.Connection, writer: asyncio.StreamWriter, chunk: bytes, interval: float
-    ) -> None:
-        for index in range(len(chunk)):
-            for piece in conn.send_with_data_passthrough(h11.Data(data=chunk[index : index + 1])):
-                writer.write(piece)
+    async def _send_body(
+        self, conn: h11.Connection, writer: asyncio.StreamWriter, reply: Reply
+    ) -> bool:
+        """Stream the body, waiting for the socket after each chunk; False when the
+        connection was ended instead (never here: a misbehaving subclass may)."""
+        for chunk in reply.chunks():
+            send_data(conn, writer, chunk)
             await writer.drain()
-            await asyncio.sleep(interval)
+        return True

@@ -1,33 +1,24 @@
 """The provider APIs served on the API origin, shaped like the real ones.
 
-HeyGen, FAL, Runway and Replicate follow /work/shared/providers/README.md (envelopes,
-status strings, HTTP codes, failure shapes, link fields). Three generic shapes (a Google
-long-running operation, OpenAI videos + speech, a 202-while-running job API) prove the
-engine is not tuned to those four.
+HeyGen's avatar video (the preset ``toolflows demo`` runs) and an OpenAI-style videos
+API (README: "Adding a provider that is not a preset"), each as the happy path: every
+job succeeds after a few status checks.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import re
 import secrets
 import time
 import uuid
-from base64 import b32encode
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
-from email.parser import BytesParser
-from email.policy import HTTP
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
-from urllib.parse import parse_qsl
 
 from toolflows.fake_provider.cdn import serve_file
-from toolflows.fake_provider.content import DEFAULT_TYPES, EXTENSIONS, MAGIC, FakeFile
-from toolflows.fake_provider.faults import guarded
+from toolflows.fake_provider.content import FakeFile
 from toolflows.fake_provider.http import Reply, Request, phrase
-from toolflows.fake_provider.model import Behaviour, FakeJob, Kind
+from toolflows.fake_provider.model import Behaviour, FakeJob
 from toolflows.fake_provider.state import State
 
 Handler = Callable[..., Awaitable[Reply]]
@@ -39,20 +30,28 @@ class Route:
     pattern: re.Pattern[str]
     api: Api
     handler: Handler
+    # The route creates a job: a submit, whatever its answer.
     submit: bool = False
 
 
-def _iso(ts: float, digits: int = 3) -> str:
-    """RFC 3339 UTC with `digits` fractional digits (Runway: 3, Replicate: 6)."""
-    text = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
-    return text[: 20 + digits] + "Z"
+class Refused(Exception):
+    """Ends a request early with `reply` (an unknown job's 404, in its provider's shape)."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply.status)
+        self.reply = reply
 
 
 class Api:
-    """One provider: its routes, its credentials check and its error shape."""
+    """One provider: its routes, its credentials check and its error shape.
+
+    `submit`, `poll` and `fetch` are where a request meets a job; they do the plain thing
+    here, so that a subclass can put something in the way.
+    """
 
     name: ClassVar[str]
     key_name: ClassVar[str] = "generic"
+    job_type: ClassVar[type[FakeJob]] = FakeJob
 
     def __init__(self, state: State) -> None:
         self.state = state
@@ -77,84 +76,55 @@ class Api:
         """The refusal of a request that may not reach any job (credentials, version)."""
         return None if self.authorized(request) else self.error(401, phrase(401))
 
-    def files(
-        self,
-        job_id: str,
-        behaviour: Behaviour,
-        *,
-        kind: Kind | None = None,
-        lists: bool = False,
-        stem: str = "output",
-        extension: bool = True,
-        signing: Literal["cloudfront", "jwt"] | None = None,
-    ) -> list[FakeFile]:
-        """The job's main outputs; their bytes start like `kind` unless a known type is scripted."""
-        kind = behaviour.kind or kind or "video"
-        scripted = behaviour.content_type
-        mimetype = scripted if scripted in MAGIC else DEFAULT_TYPES[kind]
-        count = behaviour.outputs if lists else 1
-        stems = [stem] if count == 1 else [f"{stem}-{i}" for i in range(count)]
-        suffix = f".{EXTENSIONS[mimetype]}" if extension else ""
-        return [
-            FakeFile(
-                name + suffix,
-                behaviour.file_size,
-                mimetype,
-                f"{job_id}/{name}{suffix}",
-                scripted,
-                behaviour.content_disposition,
-                signing,
-            )
-            for name in stems
-        ]
+    def files(self, job_id: str, behaviour: Behaviour, *, stem: str = "output") -> list[FakeFile]:
+        """The job's main output: one video of the behaviour's size."""
+        name = f"{stem}.mp4"
+        return [FakeFile(name, behaviour.file_size, "video/mp4", f"{job_id}/{name}")]
+
+    def new_job(
+        self, job_id: str, behaviour: Behaviour, input: Any, files: list[FakeFile]
+    ) -> FakeJob:
+        return self.job_type(job_id, self.name, behaviour, input, files)
 
     def url(self, job: FakeJob, file: FakeFile) -> str:
         return self.state.file_url(job, file)
 
-    def job(self, job_id: str) -> FakeJob | None:
+    def job(self, job_id: str, missing: str) -> FakeJob:
+        """The job, or (raised) this provider's 404 saying `missing`."""
         job = self.state.get_job(self.name, job_id)
-        return None if job is None or job.deleted else job
+        if job is None:
+            raise Refused(self.error(404, missing))
+        return job
+
+    def succeeded(self, job: FakeJob) -> bool:
+        """The job is done and its output can be fetched."""
+        return self.state.progress(job) is None
+
+    def serve(self, job: FakeJob, file: FakeFile, request: Request) -> Reply:
+        """An output file served on the API origin itself."""
+        return serve_file(file, request)
 
     async def submit(
         self, build: Callable[[Behaviour], FakeJob], answer: Callable[[FakeJob], Awaitable[Reply]]
     ) -> Reply:
-        """Create a job under the scripted behaviour; the submit fault decides its fate."""
-        behaviour, fault = self.state.take_behaviour(self.name)
-
-        async def produce() -> Reply:
-            await asyncio.sleep(behaviour.submit_seconds)
-            return await answer(self.state.add_job(build(behaviour)))
-
-        return await guarded(fault, self.error, produce)
+        """Create a job and answer its submit."""
+        return await answer(self.state.add_job(build(Behaviour())))
 
     async def poll(self, job: FakeJob, answer: Callable[[float | None], Reply]) -> Reply:
-        """A status check: counted (and advancing the job) unless a fault preempts it."""
-
-        async def produce() -> Reply:
-            return answer(self.state.poll(job))
-
-        return await guarded(self.state.pop_fault(job, "status"), self.error, produce)
+        """A status check: counted, it advances the job."""
+        return answer(self.state.poll(job))
 
     async def fetch(
         self, job: FakeJob, which: Literal["result", "download"], answer: Callable[[], Reply]
     ) -> Reply:
-        async def produce() -> Reply:
-            return answer()
-
-        return await guarded(self.state.pop_fault(job, which), self.error, produce)
+        """A request for a job's result (JSON) or a download of its bytes."""
+        return answer()
 
 
 class HeyGen(Api):
-    """v2 generate + v1 status: an envelope, a signed video_url, thumbnail and gif beside it."""
+    """v2 generate + v1 status: an envelope, a video_url, thumbnail and gif beside it."""
 
     name = key_name = "heygen"
-    DEFAULT_ERROR: ClassVar[dict[str, Any]] = {
-        "code": 40119,
-        "detail": (
-            "Video is too long (> 3600.0s). Please upgrade your plan to generate longer videos"
-        ),
-        "message": "Video is too long",
-    }
     DATA_KEYS = (
         "callback_id",
         "caption_url",
@@ -172,17 +142,21 @@ class HeyGen(Api):
         return [
             self.route("POST", r"/v2/video/generate", self.generate, submit=True),
             self.route("GET", r"/v1/video_status\.get", self.status),
-            # Unconfirmed in providers/README (no cancel endpoint documented): delete.
-            self.route("DELETE", r"/v1/video\.delete", self.delete),
         ]
 
     def authorized(self, request: Request) -> bool:
         return request.headers.get("x-api-key") == self.key
 
     def error(self, status: int, message: str) -> Reply:
-        if status == 429:
-            return Reply.json(429, {"code": 400123, "message": "Exceed rate limit"})
         return Reply.json(status, {"code": 400112 if status == 401 else status, "message": message})
+
+    def outputs(self, job_id: str, behaviour: Behaviour) -> list[FakeFile]:
+        """The video, then the thumbnail and the gif HeyGen links beside it."""
+        return [
+            *self.files(job_id, behaviour, stem="video"),
+            FakeFile("thumb.jpeg", 2048, "image/jpeg", f"{job_id}/thumb"),
+            FakeFile("gif.gif", 2048, "image/gif", f"{job_id}/gif"),
+        ]
 
     async def generate(self, request: Request) -> Reply:
         body = request.json()
@@ -191,12 +165,7 @@ class HeyGen(Api):
 
         def build(behaviour: Behaviour) -> FakeJob:
             job_id = uuid.uuid4().hex
-            extras = [
-                FakeFile("thumb.jpeg", 2048, "image/jpeg", f"{job_id}/thumb", signing="cloudfront"),
-                FakeFile("gif.gif", 2048, "image/gif", f"{job_id}/gif"),
-            ]
-            files = self.files(job_id, behaviour, stem="video", signing="cloudfront") + extras
-            return FakeJob(job_id, self.name, behaviour, body, files)
+            return self.new_job(job_id, behaviour, body, self.outputs(job_id, behaviour))
 
         async def answer(job: FakeJob) -> Reply:
             return Reply.json(200, {"error": None, "data": {"video_id": job.id}})
@@ -208,28 +177,22 @@ class HeyGen(Api):
         data |= {"id": job.id, "callback_id": job.input.get("callback_id")}
         data["created_at"] = int(job.created_wall)
         if progress is not None:
-            data["status"] = "pending" if progress < 0.5 else "processing"
-        elif job.outcome == "success":
-            video, thumb, gif = job.files
-            data |= {"status": "completed", "duration": 4.2, "video_url": self.url(job, video)}
-            data |= {"thumbnail_url": self.url(job, thumb), "gif_url": self.url(job, gif)}
-        else:
-            reason = job.behaviour.failure_reason
-            if job.outcome == "cancelled":
-                reason = "Video generation was cancelled"
-            error = dict(self.DEFAULT_ERROR)
-            if reason is not None:
-                error |= {"detail": reason, "message": reason}
-            data |= {"status": "failed", "error": error}
-        return data
+            return data | {"status": "pending" if progress < 0.5 else "processing"}
+        return data | self.finished(job)
+
+    def finished(self, job: FakeJob) -> dict[str, Any]:
+        """The fields a finished video adds to its status."""
+        video, thumbnail, gif = job.files
+        links = {"video_url": video, "thumbnail_url": thumbnail, "gif_url": gif}
+        return {"status": "completed", "duration": 4.2} | {
+            field: self.url(job, file) for field, file in links.items()
+        }
 
     async def status(self, request: Request) -> Reply:
         video_id = request.query.get("video_id")
         if not video_id:
             return self.error(400, "video_id is required")
-        job = self.job(video_id)
-        if job is None:
-            return self.error(404, "Video not found")
+        job = self.job(video_id, "Video not found")
 
         def answer(progress: float | None) -> Reply:
             envelope = {"code": 100, "data": self.data(job, progress), "message": "Success"}
@@ -237,462 +200,18 @@ class HeyGen(Api):
 
         return await self.poll(job, answer)
 
-    async def delete(self, request: Request) -> Reply:
-        job = self.job(request.query.get("video_id", ""))
-        if job is None:
-            return self.error(404, "Video not found")
-        self.state.cancel(job, delete=True)
-        return Reply.json(200, {"code": 100, "data": None, "message": "Success"})
-
-
-class Fal(Api):
-    """FAL queue: links without the subpath, 202 while running, the output at response_url."""
-
-    name = key_name = "fal"
-    _APP = r"/(?P<app>(?!(?:v1|v1beta|v2)/)[^/]+/[^/]+)"
-    _REQUEST = _APP + r"/requests/(?P<request_id>[^/]+)"
-
-    def routes(self) -> list[Route]:
-        return [
-            self.route("GET", self._REQUEST + "/status", self.status),
-            self.route("GET", self._REQUEST, self.result),
-            self.route("PUT", self._REQUEST + "/cancel", self.cancel),
-            self.route("POST", self._APP + r"(?:/[^/]+)*", self.enqueue, submit=True),
-        ]
-
-    def authorized(self, request: Request) -> bool:
-        return request.headers.get("authorization") == f"Key {self.key}"
-
-    def check(self, request: Request) -> Reply | None:
-        if self.authorized(request):
-            return None
-        return self.error(401, "No user found for Key ID and Secret")
-
-    def error(self, status: int, message: str) -> Reply:
-        return Reply.json(status, {"detail": message})
-
-    def links(self, job: FakeJob) -> dict[str, str]:
-        base = f"{self.state.api_url}/{job.meta['app']}/requests/{job.id}"
-        return {
-            "response_url": base,
-            "status_url": f"{base}/status",
-            "cancel_url": f"{base}/cancel",
-        }
-
-    @staticmethod
-    def queue_position(progress: float) -> int:
-        return int((0.5 - progress) * 10)
-
-    async def enqueue(self, request: Request, app: str) -> Reply:
-        body = request.json()
-        if not isinstance(body, dict):
-            detail = [
-                {"loc": ["body"], "msg": "Input should be a valid dictionary", "type": "dict_type"}
-            ]
-            return Reply.json(422, {"detail": detail})
-        kind: Kind = "image" if "image" in app.lower() and "video" not in app.lower() else "video"
-
-        def build(behaviour: Behaviour) -> FakeJob:
-            job_id = str(uuid.uuid4())
-            files = self.files(job_id, behaviour, kind=kind, lists=True)
-            return FakeJob(job_id, self.name, behaviour, body, files, {"app": app})
-
-        async def answer(job: FakeJob) -> Reply:
-            payload = {"status": "IN_QUEUE", "request_id": job.id, **self.links(job)}
-            payload["queue_position"] = self.queue_position(0.0)
-            return Reply.json(200, payload, (("x-fal-request-id", job.id),))
-
-        return await self.submit(build, answer)
-
-    def request_job(self, app: str, request_id: str) -> FakeJob | None:
-        job = self.job(request_id)
-        return job if job is not None and job.meta["app"] == app else None
-
-    @staticmethod
-    def failure(job: FakeJob) -> tuple[str, str]:
-        if job.outcome == "cancelled":
-            return "Request was cancelled", "request_cancelled"
-        return job.behaviour.failure_reason or "Runner disconnected", "runner_disconnected"
-
-    async def status(self, request: Request, app: str, request_id: str) -> Reply:
-        job = self.request_job(app, request_id)
-        if job is None:
-            return self.error(404, "Request not found")
-        with_logs = request.query.get("logs") in ("1", "true")
-        logs = [
-            {
-                "message": "Generating...",
-                "level": "INFO",
-                "source": "USER",
-                "timestamp": _iso(job.created_wall),
-            }
-        ]
-
-        def answer(progress: float | None) -> Reply:
-            base = {"request_id": job.id, **self.links(job)}
-            shown = logs if with_logs else None
-            if progress is not None and progress < 0.5:
-                position = self.queue_position(progress)
-                return Reply.json(202, {"status": "IN_QUEUE", "queue_position": position, **base})
-            if progress is not None:
-                return Reply.json(202, {"status": "IN_PROGRESS", "logs": shown, **base})
-            done = {"status": "COMPLETED", "logs": shown, **base}
-            if job.outcome == "success":
-                elapsed = round((job.finished_wall or time.time()) - job.created_wall, 3)
-                return Reply.json(200, {**done, "metrics": {"inference_time": elapsed}})
-            error, error_type = self.failure(job)
-            return Reply.json(
-                200, {**done, "metrics": {}, "error": error, "error_type": error_type}
-            )
-
-        return await self.poll(job, answer)
-
-    def output(self, job: FakeJob) -> dict[str, Any]:
-        kind = job.files[0].mimetype.split("/")[0]
-        if kind == "image":
-            images = [
-                {"url": self.url(job, f), "width": 1024, "height": 1024, "content_type": f.mimetype}
-                for f in job.files
-            ]
-            return {"images": images, "seed": 1}
-        file = job.files[0]
-        described = {"url": self.url(job, file), "content_type": file.mimetype}
-        return {kind: described | {"file_name": file.name, "file_size": file.size}, "seed": 1}
-
-    async def result(self, request: Request, app: str, request_id: str) -> Reply:
-        job = self.request_job(app, request_id)
-        if job is None:
-            return self.error(404, "Request not found")
-        request_header = ("x-fal-request-id", job.id)
-
-        def answer() -> Reply:
-            if self.state.progress(job) is not None:
-                return self.error(400, "Request is still in progress")
-            if job.outcome != "success":
-                error, error_type = self.failure(job)
-                headers = (("x-fal-error-type", error_type), request_header)
-                return Reply.json(500, {"detail": error, "error_type": error_type}, headers)
-            return Reply.json(200, self.output(job), (request_header,))
-
-        return await self.fetch(job, "result", answer)
-
-    async def cancel(self, request: Request, app: str, request_id: str) -> Reply:
-        job = self.request_job(app, request_id)
-        if job is None:
-            return Reply.json(404, {"status": "NOT_FOUND"})
-        if self.state.cancel(job) or job.cancelled:
-            return Reply.json(202, {"status": "CANCELLATION_REQUESTED"})
-        return Reply.json(400, {"status": "ALREADY_COMPLETED"})
-
-
-class Runway(Api):
-    """Runway tasks: camelCase, PENDING → THROTTLED → RUNNING, output is a list of JWT links."""
-
-    name = key_name = "runway"
-    VERSION = "2024-11-06"
-
-    def routes(self) -> list[Route]:
-        task = r"/v1/tasks/(?P<task_id>[^/]+)"
-        kinds = r"image_to_video|text_to_video|video_to_video|text_to_image"
-        return [
-            self.route("POST", rf"/v1/(?P<endpoint>{kinds})", self.create, submit=True),
-            self.route("GET", task, self.task),
-            self.route("DELETE", task, self.delete),
-        ]
-
-    def check(self, request: Request) -> Reply | None:
-        if not self.authorized(request):
-            return self.error(401, "Invalid API key")
-        if request.headers.get("x-runway-version") != self.VERSION:
-            message = f"The X-Runway-Version header must be set to {self.VERSION}"
-            return self.error(400, message)
-        return None
-
-    def error(self, status: int, message: str) -> Reply:
-        return Reply.json(status, {"error": message})
-
-    async def create(self, request: Request, endpoint: str) -> Reply:
-        body = request.json()
-        required = ("model", "promptImage") if endpoint == "image_to_video" else ("model",)
-        missing = [key for key in required if not isinstance(body, dict) or key not in body]
-        if missing:
-            return self.error(400, f"Validation of body failed: {', '.join(missing)} is required")
-        kind: Kind = "image" if endpoint == "text_to_image" else "video"
-
-        def build(behaviour: Behaviour) -> FakeJob:
-            job_id = str(uuid.uuid4())
-            files = self.files(job_id, behaviour, kind=kind, lists=True, signing="jwt")
-            return FakeJob(job_id, self.name, behaviour, body, files)
-
-        async def answer(job: FakeJob) -> Reply:
-            return Reply.json(200, {"id": job.id})
-
-        return await self.submit(build, answer)
-
-    def payload(self, job: FakeJob, progress: float | None) -> dict[str, Any]:
-        task: dict[str, Any] = {"id": job.id, "createdAt": _iso(job.created_wall)}
-        if progress is not None:
-            if progress < 0.1:
-                return task | {"status": "PENDING"}
-            if progress < 0.5:
-                return task | {"status": "THROTTLED"}
-            return task | {"status": "RUNNING", "progress": round(progress, 2)}
-        if job.outcome == "success":
-            return task | {"status": "SUCCEEDED", "output": [self.url(job, f) for f in job.files]}
-        if job.outcome == "failure":
-            failure = job.behaviour.failure_reason or "An unexpected error occurred."
-            return task | {
-                "status": "FAILED",
-                "failure": failure,
-                "failureCode": "INTERNAL.BAD_OUTPUT.CODE01",
-            }
-        return task | {"status": "CANCELLED"}
-
-    async def task(self, request: Request, task_id: str) -> Reply:
-        job = self.job(task_id)
-        if job is None:
-            return self.error(404, "Task not found")
-        return await self.poll(job, lambda p: Reply.json(200, self.payload(job, p)))
-
-    async def delete(self, request: Request, task_id: str) -> Reply:
-        job = self.job(task_id)
-        if job is None:
-            return self.error(404, "Task not found")
-        self.state.cancel(job, delete=True)
-        return Reply(204)
-
-
-class Replicate(Api):
-    """Replicate predictions: 201 on create, `Prefer: wait`, output a list or one URL."""
-
-    name = key_name = "replicate"
-    TITLES: ClassVar[dict[int, str]] = {
-        401: "Unauthenticated",
-        404: "Not found",
-        422: "Input validation failed",
-        429: "Request was throttled",
-    }
-    _PREFER = re.compile(r"\s*wait(?:\s*=\s*(\d+))?\s*")
-
-    def routes(self) -> list[Route]:
-        prediction = r"/v1/predictions/(?P<prediction_id>[^/]+)"
-        scoped = r"/v1/(?:models|deployments)/(?P<owner>[^/]+)/(?P<model>[^/]+)/predictions"
-        return [
-            self.route("POST", r"/v1/predictions", self.create, submit=True),
-            self.route("POST", scoped, self.create, submit=True),
-            self.route("GET", prediction, self.get),
-            self.route("POST", prediction + "/cancel", self.cancel),
-        ]
-
-    def authorized(self, request: Request) -> bool:
-        return request.headers.get("authorization") in (f"Bearer {self.key}", f"Token {self.key}")
-
-    def check(self, request: Request) -> Reply | None:
-        if self.authorized(request):
-            return None
-        return self.error(401, "You did not pass a valid authentication token")
-
-    def error(self, status: int, message: str) -> Reply:
-        title = self.TITLES.get(status, message)
-        return Reply.json(status, {"title": title, "detail": message, "status": status})
-
-    async def create(self, request: Request, owner: str = "", model: str = "") -> Reply:
-        body = request.json()
-        if not isinstance(body, dict) or not isinstance(body.get("input"), dict):
-            return self.error(422, "- input: input is required and must be an object")
-        version = body.get("version")
-        if not owner and not isinstance(version, str):
-            return self.error(422, "- version: version is required")
-        name = f"{owner}/{model}" if owner else "replicate/fake-model"
-        if isinstance(version, str) and ":" in version:
-            name, version = version.split(":", 1)
-        version = version or hashlib.sha256(name.encode()).hexdigest()
-        prefer = self._PREFER.fullmatch(request.headers.get("prefer", ""))
-
-        def build(behaviour: Behaviour) -> FakeJob:
-            job_id = b32encode(secrets.token_bytes(20)).decode().lower()[:26]
-            files = self.files(job_id, behaviour, lists=True)
-            meta = {"model": name, "version": version}
-            return FakeJob(job_id, self.name, behaviour, body, files, meta)
-
-        async def answer(job: FakeJob) -> Reply:
-            if prefer is None:
-                return Reply.json(201, self.prediction(job, 0.0))
-            wait = min(max(int(prefer.group(1) or 60), 1), 60)
-            seconds = job.behaviour.seconds_until_done
-            if seconds is not None:
-                await asyncio.sleep(min(wait, max(seconds - (time.monotonic() - job.created), 0)))
-            progress = self.state.progress(job)
-            data_uri = (
-                progress is None and job.outcome == "success" and job.behaviour.data_uri_output
-            )
-            applied = f"wait={prefer.group(1)}" if prefer.group(1) else "wait"
-            headers = (("preference-applied", applied),)
-            return Reply.json(201, self.prediction(job, progress, data_uri=data_uri), headers)
-
-        return await self.submit(build, answer)
-
-    def output(self, job: FakeJob, items: list[str]) -> str | list[str]:
-        return items[0] if job.behaviour.single_output else items
-
-    def prediction(
-        self, job: FakeJob, progress: float | None, *, data_uri: bool = False
-    ) -> dict[str, Any]:
-        get = f"{self.state.api_url}/v1/predictions/{job.id}"
-        prediction: dict[str, Any] = {
-            "id": job.id,
-            "model": job.meta["model"],
-            "version": job.meta["version"],
-            "input": job.input["input"],
-            "logs": "",
-            "error": None,
-            "status": "starting",
-            "created_at": _iso(job.created_wall, 6),
-            "data_removed": False,
-            "source": "api",
-            "urls": {"cancel": f"{get}/cancel", "get": get},
-        }
-        if progress is not None and progress < 0.5 and not data_uri:
-            return prediction
-        prediction |= {"started_at": _iso(job.created_wall, 6), "output": None}
-        prediction["logs"] = "Using seed: 1\n 50%|█████     | 25/50"
-        if data_uri:
-            uris = [file.data_uri() for file in job.files]
-            return prediction | {"status": "processing", "output": self.output(job, uris)}
-        if progress is not None:
-            return prediction | {"status": "processing"}
-        finished = job.finished_wall or time.time()
-        prediction["completed_at"] = _iso(finished, 6)
-        prediction["metrics"] = {"predict_time": round(finished - job.created_wall, 6)}
-        if job.outcome == "success":
-            urls = [self.url(job, file) for file in job.files]
-            prediction["logs"] = "Using seed: 1\n100%|██████████| 50/50"
-            return prediction | {"status": "succeeded", "output": self.output(job, urls)}
-        if job.outcome == "failure":
-            return prediction | {"status": "failed", "error": job.behaviour.failure_reason or "OOM"}
-        return prediction | {"status": "canceled"}
-
-    async def get(self, request: Request, prediction_id: str) -> Reply:
-        job = self.job(prediction_id)
-        if job is None:
-            return self.error(404, "The requested resource could not be found")
-        return await self.poll(job, lambda p: Reply.json(200, self.prediction(job, p)))
-
-    async def cancel(self, request: Request, prediction_id: str) -> Reply:
-        job = self.job(prediction_id)
-        if job is None:
-            return self.error(404, "The requested resource could not be found")
-        self.state.cancel(job)
-        return Reply.json(200, self.prediction(job, self.state.progress(job)))
-
-
-class Operation(Api):
-    """Google long-running operation: `name`, then `done` with `response` or `error`."""
-
-    name = "operation"
-    STATUSES: ClassVar[dict[int, str]] = {
-        400: "INVALID_ARGUMENT",
-        401: "UNAUTHENTICATED",
-        403: "PERMISSION_DENIED",
-        404: "NOT_FOUND",
-        429: "RESOURCE_EXHAUSTED",
-        500: "INTERNAL",
-        503: "UNAVAILABLE",
-        504: "DEADLINE_EXCEEDED",
-    }
-
-    def routes(self) -> list[Route]:
-        operation = r"/v1beta/operations/(?P<operation_id>[^/:]+)"
-        return [
-            self.route(
-                "POST", r"/v1beta/models/(?P<model>[^/:]+):predictLongRunning", self.start, True
-            ),
-            self.route("GET", operation, self.get),
-            self.route("POST", operation + ":cancel", self.cancel),
-            self.route("GET", r"/v1beta/files/(?P<file_id>[^/:]+):download", self.download),
-        ]
-
-    def authorized(self, request: Request) -> bool:
-        """Gemini takes its key as ``x-goog-api-key`` (or a bearer token)."""
-        return request.headers.get("x-goog-api-key") == self.key or super().authorized(request)
-
-    def error(self, status: int, message: str) -> Reply:
-        code = self.STATUSES.get(status, "UNKNOWN")
-        return Reply.json(status, {"error": {"code": status, "message": message, "status": code}})
-
-    async def start(self, request: Request, model: str) -> Reply:
-        body = request.json()
-        if not isinstance(body, dict):
-            return self.error(400, "Invalid JSON payload received.")
-
-        def build(behaviour: Behaviour) -> FakeJob:
-            job_id = secrets.token_hex(8)
-            files = self.files(job_id, behaviour, lists=True)
-            return FakeJob(job_id, self.name, behaviour, body, files)
-
-        async def answer(job: FakeJob) -> Reply:
-            return Reply.json(200, {"name": f"operations/{job.id}"})
-
-        return await self.submit(build, answer)
-
-    def payload(self, job: FakeJob, progress: float | None) -> dict[str, Any]:
-        operation: dict[str, Any] = {"name": f"operations/{job.id}", "done": progress is None}
-        if progress is not None:
-            return operation
-        if job.outcome == "success":
-            samples = [{"video": {"uri": self.file_link(job, n)}} for n in range(len(job.files))]
-            return operation | {"response": {"generatedSamples": samples}}
-        if job.outcome == "failure":
-            message = job.behaviour.failure_reason or "The request violates the usage guidelines."
-            return operation | {"error": {"code": 3, "message": message}}
-        return operation | {"error": {"code": 1, "message": "The operation was cancelled."}}
-
-    def file_link(self, job: FakeJob, index: int) -> str:
-        """Where output ``index`` is served: the CDN, or this origin (``files_on_api``)."""
-        if job.behaviour.files_on_api:
-            return f"{self.state.api_url}/v1beta/files/{job.id}-{index}:download?alt=media"
-        return self.url(job, job.files[index])
-
-    async def download(self, request: Request, file_id: str) -> Reply:
-        job_id, _, index = file_id.rpartition("-")
-        job = self.job(job_id)
-        if job is None or not job.behaviour.files_on_api or not index.isdigit():
-            return self.error(404, f"File files/{file_id} not found.")
-        files = job.files
-        if int(index) >= len(files):
-            return self.error(404, f"File files/{file_id} not found.")
-        file = files[int(index)]
-        return await self.fetch(
-            job, "download", lambda: serve_file(file, request, job.behaviour.ranges)
-        )
-
-    async def get(self, request: Request, operation_id: str) -> Reply:
-        job = self.job(operation_id)
-        if job is None:
-            return self.error(404, f"Operation operations/{operation_id} not found.")
-        return await self.poll(job, lambda p: Reply.json(200, self.payload(job, p)))
-
-    async def cancel(self, request: Request, operation_id: str) -> Reply:
-        job = self.job(operation_id)
-        if job is None:
-            return self.error(404, f"Operation operations/{operation_id} not found.")
-        self.state.cancel(job)
-        return Reply.json(200, {})
-
 
 class OpenAI(Api):
-    """OpenAI videos (result bytes at /content) and the synchronous speech endpoint."""
+    """OpenAI videos: queued, in_progress with a 0-100 progress, completed; bytes at /content."""
 
     name = "openai"
+    VIDEO = r"/v1/videos/(?P<video_id>[^/]+)"
 
     def routes(self) -> list[Route]:
-        video = r"/v1/videos/(?P<video_id>[^/]+)"
         return [
             self.route("POST", r"/v1/videos", self.create, submit=True),
-            self.route("GET", video, self.get),
-            self.route("GET", video + "/content", self.content),
-            self.route("DELETE", video, self.delete),
-            self.route("POST", r"/v1/audio/speech", self.speech, submit=True),
+            self.route("GET", self.VIDEO, self.get),
+            self.route("GET", self.VIDEO + "/content", self.content),
         ]
 
     def check(self, request: Request) -> Reply | None:
@@ -710,7 +229,7 @@ class OpenAI(Api):
 
         def build(behaviour: Behaviour) -> FakeJob:
             job_id = f"video_{secrets.token_hex(16)}"
-            return FakeJob(job_id, self.name, behaviour, body, self.files(job_id, behaviour))
+            return self.new_job(job_id, behaviour, body, self.files(job_id, behaviour))
 
         async def answer(job: FakeJob) -> Reply:
             return Reply.json(200, self.video(job, 0.0) | {"status": "queued"})
@@ -734,219 +253,20 @@ class OpenAI(Api):
         if progress is not None:
             return video | {"progress": int(progress * 100)}
         finished = int(job.finished_wall or time.time())
-        video |= {"progress": 100, "completed_at": finished}
-        if job.outcome == "success":
-            return video | {"status": "completed", "expires_at": finished + 86400}
-        if job.outcome == "failure":
-            message = job.behaviour.failure_reason or "Video generation failed."
-            error = {"code": "video_generation_failed", "message": message}
-        else:
-            error = {"code": "cancelled", "message": "Video generation was cancelled."}
-        return video | {"status": "failed", "error": error}
+        return video | {"progress": 100, "completed_at": finished} | self.finished(job, finished)
+
+    def finished(self, job: FakeJob, at: int) -> dict[str, Any]:
+        """The fields a video finished at `at` changes."""
+        return {"status": "completed", "expires_at": at + 86400}
 
     async def get(self, request: Request, video_id: str) -> Reply:
-        job = self.job(video_id)
-        if job is None:
-            return self.error(404, f"Video with id '{video_id}' not found.")
+        job = self.job(video_id, f"Video with id '{video_id}' not found.")
         return await self.poll(job, lambda p: Reply.json(200, self.video(job, p)))
 
     async def content(self, request: Request, video_id: str) -> Reply:
-        job = self.job(video_id)
-        if job is None:
-            return self.error(404, f"Video with id '{video_id}' not found.")
-        if self.state.progress(job) is not None or job.outcome != "success":
+        job = self.job(video_id, f"Video with id '{video_id}' not found.")
+        if not self.succeeded(job):
             return self.error(
                 400, "Video is not ready yet, use GET /v1/videos/{id} to check status."
             )
-        return await self.fetch(
-            job, "download", lambda: serve_file(job.files[0], request, job.behaviour.ranges)
-        )
-
-    async def delete(self, request: Request, video_id: str) -> Reply:
-        job = self.job(video_id)
-        if job is None:
-            return self.error(404, f"Video with id '{video_id}' not found.")
-        self.state.cancel(job, delete=True)
-        return Reply.json(200, {"id": job.id, "object": "video.deleted", "deleted": True})
-
-    async def speech(self, request: Request) -> Reply:
-        body = request.json()
-        if not isinstance(body, dict) or not body.get("input"):
-            return self.error(400, "Missing required parameter: 'input'.")
-
-        def build(behaviour: Behaviour) -> FakeJob:
-            job_id = f"req_{secrets.token_hex(16)}"
-            done = replace(behaviour, polls_until_done=0, seconds_until_done=None)
-            files = self.files(job_id, done, kind="audio", stem="speech")
-            return FakeJob(job_id, self.name, done, body, files)
-
-        async def answer(job: FakeJob) -> Reply:
-            if job.outcome != "success":
-                reason = job.behaviour.failure_reason or "The server had an error."
-                return self.error(500, reason)
-            reply = serve_file(job.files[0], request, ranges=False)
-            return reply.but(headers=(*reply.headers, ("x-request-id", job.id)))
-
-        return await self.submit(build, answer)
-
-
-class Jobs(Api):
-    """A terse job API: 202 with an empty body while running, 200 with the result after.
-
-    Like Stripe-style APIs it honours ``Idempotency-Key``: a submit repeating a key
-    answers the job that key created, and creates nothing. It takes JSON, form and
-    multipart bodies; the job's ``input`` is what it parsed (a file part becomes its
-    filename, content type, size and sha256).
-    """
-
-    name = "jobs"
-
-    def routes(self) -> list[Route]:
-        job = r"/v2/jobs/(?P<job_id>[^/]+)"
-        return [
-            self.route("POST", r"/v2/jobs", self.create, submit=True),
-            self.route("GET", job, self.get),
-            self.route("DELETE", job, self.delete),
-        ]
-
-    def error(self, status: int, message: str) -> Reply:
-        return Reply.json(status, {"error": message})
-
-    async def create(self, request: Request) -> Reply:
-        body = submitted_body(request)
-        key = request.headers.get("idempotency-key")
-        repeated = self.state.job_for_key(key) if key else None
-        if repeated is not None:
-            return Reply.json(202, {"job": {"id": repeated}})
-
-        def build(behaviour: Behaviour) -> FakeJob:
-            job_id = f"job_{secrets.token_hex(8)}"
-            files = self.files(job_id, behaviour, stem="download", extension=False)
-            return FakeJob(job_id, self.name, behaviour, body, files)
-
-        async def answer(job: FakeJob) -> Reply:
-            if key:
-                self.state.remember_key(key, job.id)
-            return Reply.json(202, {"job": {"id": job.id}})
-
-        return await self.submit(build, answer)
-
-    def answer(self, job: FakeJob, progress: float | None) -> Reply:
-        if progress is not None:
-            return Reply(202)
-        if job.outcome == "success":
-            return Reply.json(200, {"result": {"download_url": self.url(job, job.files[0])}})
-        if job.outcome == "failure":
-            message = job.behaviour.failure_reason or "Job failed"
-            return Reply.json(200, {"status": "failed", "error": {"message": message}})
-        return Reply.json(200, {"status": "cancelled"})
-
-    async def get(self, request: Request, job_id: str) -> Reply:
-        job = self.job(job_id)
-        if job is None:
-            return self.error(404, "No such job")
-        return await self.poll(job, lambda p: self.answer(job, p))
-
-    async def delete(self, request: Request, job_id: str) -> Reply:
-        job = self.job(job_id)
-        if job is None:
-            return self.error(404, "No such job")
-        self.state.cancel(job)
-        return Reply(204)
-
-
-def submitted_body(request: Request) -> Any:
-    """A submit's body as the server understood it: JSON, a form, or multipart parts."""
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith("application/x-www-form-urlencoded"):
-        return dict(parse_qsl(request.body.decode(), keep_blank_values=True))
-    if not content_type.startswith("multipart/form-data"):
-        return request.json()
-    head = f"Content-Type: {content_type}\r\n\r\n".encode()
-    message = BytesParser(policy=HTTP).parsebytes(head + request.body)
-    parts: dict[str, Any] = {}
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        data = part.get_payload(decode=True) or b""
-        if part.get_filename() is None:
-            parts[name] = data.decode()
-        else:
-            parts[name] = {
-                "filename": part.get_filename(),
-                "contentType": part.get_content_type(),
-                "size": len(data),
-                "sha256": hashlib.sha256(data).hexdigest(),
-            }
-    return parts
-
-
-class Probe(Api):
-    """Test instruments on the API origin, no credentials needed (not a provider).
-
-    - ``/_probe/redirect?to=URL&status=302``: a redirect (any method) to ``to``.
-    - ``/_probe/headers``: echoes the request's method, headers and query as JSON.
-    - ``/_probe/stream?bytes=N&type=T&chunked=1``: a valid JSON document of N bytes
-      (``{"padding": "xxx…"}``), streamed; ``chunked=1`` leaves out Content-Length.
-    """
-
-    name = "probe"
-    METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH")
-    STREAM_PIECE = 1 << 20
-
-    def routes(self) -> list[Route]:
-        return [
-            *(self.route(method, r"/_probe/redirect", self.redirect) for method in self.METHODS),
-            *(self.route(method, r"/_probe/headers", self.headers) for method in self.METHODS),
-            self.route("GET", r"/_probe/stream", self.stream),
-        ]
-
-    def check(self, request: Request) -> Reply | None:
-        return None
-
-    def error(self, status: int, message: str) -> Reply:
-        return Reply.json(status, {"error": message})
-
-    async def redirect(self, request: Request) -> Reply:
-        target = request.query.get("to")
-        if not target:
-            return self.error(400, "to is required")
-        status = int(request.query.get("status", "302"))
-        return Reply(status, (("location", target),))
-
-    async def headers(self, request: Request) -> Reply:
-        echo = {"method": request.method, "headers": request.headers, "query": request.query}
-        return Reply.json(200, echo)
-
-    async def stream(self, request: Request) -> Reply:
-        size = int(request.query.get("bytes", "0"))
-        opening, closing = b'{"padding": "', b'"}'
-        if size < len(opening) + len(closing):
-            return self.error(400, f"bytes must be at least {len(opening) + len(closing)}")
-
-        def pieces() -> Iterator[bytes]:
-            yield opening
-            left = size - len(opening) - len(closing)
-            filler = b"x" * min(self.STREAM_PIECE, left)
-            while left > 0:
-                piece = filler[:left]
-                left -= len(piece)
-                yield piece
-            yield closing
-
-        content_type = request.query.get("type", "application/json")
-        chunked = request.query.get("chunked") in ("1", "true")
-        return Reply(200, (("content-type", content_type),), pieces(), size, chunked=chunked)
-
-
-# FAL last: its submit route (`/{owner}/{app}/...`) would swallow the others' paths.
-# Probe first: its paths are not any provider's.
-APIS: tuple[type[Api], ...] = (
-    Probe,
-    HeyGen,
-    Replicate,
-    Runway,
-    OpenAI,
-    Jobs,
-    Operation,
-    Fal,
-)
+        return await self.fetch(job, "download", lambda: self.serve(job, job.files[0], request))

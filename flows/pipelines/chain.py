@@ -15,10 +15,8 @@ from toolflows.cancel import cancel_remote_jobs
 from toolflows.engine import run_prepared
 from toolflows.methods import load_method, prepare_method
 from toolflows.models import ToolResult
-from toolflows.pipelines.steps import fill
+from toolflows.pipelines.steps import fill_params_template
 from toolflows.storage import presigned_url
-
-PRESIGNED_LINK_SECONDS = 3600
 
 
 @flow(
@@ -35,11 +33,11 @@ async def continue_with_file(
 ) -> ToolResult:
     """Run ``method`` with ``{file_url}`` in ``params`` replaced by a fetchable link to the file."""
     link = (
-        presigned_url(file_uri, storage_block, PRESIGNED_LINK_SECONDS)
+        presigned_url(file_uri, storage_block)
         if file_uri.startswith("s3://")
         else file_uri
     )
-    filled = fill(params, {"file_url": link, "file_uri": file_uri})
+    filled = fill_params_template(params, {"file_url": link, "file_uri": file_uri})
     definition = await load_method(method)
     prepared = await prepare_method(definition, filled)
     return await run_prepared(prepared, filled)

@@ -21,12 +21,12 @@ from toolflows.methods import load_method, prepare_method, session_for, validate
 from toolflows.models import ToolResult
 
 
-def fill(template: Any, values: dict[str, Any]) -> Any:
+def fill_params_template(template: Any, values: dict[str, Any]) -> Any:
     """The template with ``{name}`` placeholders replaced, recursively."""
     if isinstance(template, dict):
-        return {key: fill(value, values) for key, value in template.items()}
+        return {key: fill_params_template(value, values) for key, value in template.items()}
     if isinstance(template, list):
-        return [fill(item, values) for item in template]
+        return [fill_params_template(item, values) for item in template]
     if not isinstance(template, str):
         return template
     name = template[1:-1]
@@ -55,7 +55,7 @@ class Step:
     async def open(self, sessions: AsyncExitStack, sample: dict[str, Any]) -> None:
         """Load and check the method (with sample values) before anything is sent."""
         self.definition = await load_method(self.method)
-        validate_params(self.definition, fill(self.params, sample))
+        validate_params(self.definition, fill_params_template(self.params, sample))
         prepared = await prepare_method(self.definition, None, submitting=False)
         self.session = await sessions.enter_async_context(session_for(prepared))
 
@@ -81,7 +81,7 @@ class Step:
     async def run(self, values: dict[str, Any], job_key: str) -> ToolResult:
         """Run the step for one item; its failure names the step and the item."""
         assert self.definition is not None and self.session is not None
-        params = fill(self.params, values)
+        params = fill_params_template(self.params, values)
         with using_session(self.session):
             try:
                 return await run_job(self.definition, params, job_key=f"{self.name}-{job_key}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
@@ -15,9 +16,17 @@ from toolflows.core.backoff import (
     SimulatedWait,
     parse_retry_after,
 )
+from toolflows.core.definition import PollingConfig
 
-DEFAULT = PollSchedule()
-FIXED_5S = PollSchedule(backoff_factor=1)
+DEFAULT = PollingConfig().schedule
+
+
+def schedule_with(**changes: float) -> PollSchedule:
+    """The default schedule with some settings changed (unchecked by ``PollingConfig``)."""
+    return replace(DEFAULT, **changes)
+
+
+FIXED_5S = schedule_with(backoff_factor=1)
 NOW = 1_700_000_000.0  # a fixed "current time" (2023-11-14) for date-based headers
 
 
@@ -35,7 +44,7 @@ def test_delay_stays_capped_however_many_polls() -> None:
 
 
 def test_zero_interval_never_waits() -> None:
-    schedule = PollSchedule(interval_seconds=0)
+    schedule = schedule_with(interval_seconds=0)
     assert [schedule.base_delay(n) for n in (1, 2, 50)] == [0.0, 0.0, 0.0]
     assert schedule.next_delay(3, remaining_seconds=60, rng=random.Random(1)) == 0.0
     assert schedule.planned_polls() == MAX_COUNTED_POLLS
@@ -59,7 +68,7 @@ def test_poll_numbers_are_one_based() -> None:
 )
 def test_nonsensical_schedules_are_refused(settings: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        PollSchedule(**settings)
+        schedule_with(**settings)
 
 
 @pytest.mark.parametrize(
@@ -69,10 +78,10 @@ def test_nonsensical_schedules_are_refused(settings: dict[str, float], message: 
         (DEFAULT, 13),
         # Checks at 5, 10, ..., 300.
         (FIXED_5S, 60),
-        (PollSchedule(interval_seconds=10, backoff_factor=1, max_wait_seconds=25), 3),
-        (PollSchedule(max_wait_seconds=0), 1),
-        (PollSchedule(max_wait_seconds=3), 1),
-        (PollSchedule(max_wait_seconds=3600), 123),
+        (schedule_with(interval_seconds=10, backoff_factor=1, max_wait_seconds=25), 3),
+        (schedule_with(max_wait_seconds=0), 1),
+        (schedule_with(max_wait_seconds=3), 1),
+        (schedule_with(max_wait_seconds=3600), 123),
     ],
 )
 def test_planned_polls(schedule: PollSchedule, expected: int) -> None:
@@ -104,7 +113,7 @@ def test_seeded_rng_makes_delays_reproducible() -> None:
 
 
 def test_no_jitter_gives_the_base_delay() -> None:
-    schedule = PollSchedule(jitter=0)
+    schedule = schedule_with(jitter=0)
     assert [schedule.next_delay(n, remaining_seconds=1000) for n in (1, 2, 3)] == [5.0, 7.5, 11.25]
 
 
@@ -124,7 +133,7 @@ def test_no_jitter_gives_the_base_delay() -> None:
 def test_next_delay_honours_retry_after_and_the_deadline(
     poll_number: int, remaining: float, retry_after: float | None, expected: float
 ) -> None:
-    schedule = PollSchedule(jitter=0)
+    schedule = schedule_with(jitter=0)
     delay = schedule.next_delay(poll_number, remaining_seconds=remaining, retry_after=retry_after)
     assert delay == expected
 
@@ -156,9 +165,9 @@ def test_check_times_of_a_short_job() -> None:
         (DEFAULT, 1800, 13, None, None),  # the deadline comes first
         (FIXED_5S, 1800, 60, None, None),
         # With a deadline long enough for the 30 min job: 63 requests instead of 360.
-        (PollSchedule(max_wait_seconds=3600), 300, 13, 305.9375, 5.9375),
-        (PollSchedule(max_wait_seconds=3600), 1800, 63, 1805.9375, 5.9375),
-        (PollSchedule(backoff_factor=1, max_wait_seconds=3600), 1800, 360, 1800.0, 0.0),
+        (schedule_with(max_wait_seconds=3600), 300, 13, 305.9375, 5.9375),
+        (schedule_with(max_wait_seconds=3600), 1800, 63, 1805.9375, 5.9375),
+        (schedule_with(backoff_factor=1, max_wait_seconds=3600), 1800, 360, 1800.0, 0.0),
         (DEFAULT, 0, 1, 5.0, 5.0),
     ],
 )
@@ -178,7 +187,7 @@ def test_simulated_waits(
 
 
 def test_simulated_wait_of_a_zero_delay_schedule_ends() -> None:
-    wait = PollSchedule(interval_seconds=0).check_times(10)
+    wait = schedule_with(interval_seconds=0).check_times(10)
     assert wait.requests == MAX_COUNTED_POLLS
     assert wait.detected_at is None
 
@@ -226,3 +235,12 @@ def test_http_date_defaults_to_the_current_time() -> None:
     seconds = parse_retry_after({"Retry-After": format_datetime(in_a_minute, usegmt=True)})
     assert seconds is not None
     assert 55 <= seconds <= 61
+
+
+def test_a_methods_polling_settings_make_its_schedule() -> None:
+    polling = PollingConfig(
+        interval_seconds=2, backoff_factor=2, max_interval_seconds=9, jitter=0, max_wait_seconds=60
+    )
+    assert polling.schedule == PollSchedule(
+        interval_seconds=2, backoff_factor=2, max_interval_seconds=9, jitter=0, max_wait_seconds=60
+    )

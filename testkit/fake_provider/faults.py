@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 
+from testkit.fake_provider.http import Misbehaving
+from testkit.fake_provider.model import PREEMPTIVE, Fault
 from toolflows.fake_provider.http import Reply, phrase
-from toolflows.fake_provider.model import PREEMPTIVE, Fault
 
 ErrorShape = Callable[[int, str], Reply]
 
@@ -14,7 +15,7 @@ ErrorShape = Callable[[int, str], Reply]
 def preempt(fault: Fault, error: ErrorShape) -> Reply:
     """The answer that replaces processing (`http`, `reset`, `expired`)."""
     if fault.kind == "reset":
-        return Reply(0, abort=True)
+        return Misbehaving(0, abort=True)
     if fault.kind == "expired":
         return error(403, "Request has expired")
     if fault.body is None:
@@ -36,12 +37,12 @@ def disturb(reply: Reply, fault: Fault | None) -> Reply:
     if fault is None:
         return reply
     if fault.kind == "drop_after_accept":
-        return reply.but(abort=True)
+        return Misbehaving.spoiling(reply, abort=True)
     if fault.kind == "delay":
-        return reply.but(delay=fault.seconds)
+        return Misbehaving.spoiling(reply, delay=fault.seconds)
     if fault.kind == "drip":
-        return reply.but(drip=fault.seconds)
-    return reply.but(cut_after=fault.after_bytes)
+        return Misbehaving.spoiling(reply, drip=fault.seconds)
+    return Misbehaving.spoiling(reply, cut_after=fault.after_bytes)
 
 
 async def guarded(

@@ -1,4 +1,4 @@
-"""Pieces of a real deployment stack for the tests that run one of their own.
+"""Pieces of a real deployment stack, for the tests and benchmarks that run one of their own.
 
 Processes started here run in their own process group and are killed with
 all their children on exit: ``prefect server start``, ``prefect worker start``
@@ -31,10 +31,6 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 from prefect.workers.process import ProcessWorker
 from prefect_aws import AwsCredentials, S3Bucket
 from prefect_aws.client_parameters import AwsClientParameters
-
-from tests.helpers import FAST_POLLING
-from toolflows.core.definition import MethodDefinition
-from toolflows.demo import retarget
 
 PROJECT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -100,15 +96,6 @@ def run_command(command: list[str], env: dict[str, str], cwd: Path) -> subproces
     )
     assert completed.returncode == 0, f"{command} failed:\n{completed.stdout}\n{completed.stderr}"
     return completed
-
-
-def aimed_at(fake: Any, definition: MethodDefinition, **polling: Any) -> MethodDefinition:
-    """A preset aimed at the fake provider, polling fast (``polling`` overrides)."""
-    method = retarget(definition, fake.api_url).model_copy(deep=True)
-    method.adapter_config.polling = method.adapter_config.polling.model_copy(
-        update={**FAST_POLLING, **polling}
-    )
-    return method
 
 
 async def create_process_pool(name: str) -> None:
