@@ -76,12 +76,12 @@ class Sizes:
     def small(cls) -> Sizes:
         return cls(
             smoke=True,
-            polls=200,
+            polls=100,
             poll_repeats=1,
-            jobs=50,
-            job_seconds=5,
+            jobs=20,
+            job_seconds=3,
             job_interval=1,
-            download_bytes=64 * MIB,
+            download_bytes=16 * MIB,
             curl_repeats=1,
             startup_repeats=1,
             context_runs=False,

@@ -32,11 +32,7 @@ async def continue_with_file(
     storage_block: str | None = None,
 ) -> ToolResult:
     """Run ``method`` with ``{file_url}`` in ``params`` replaced by a fetchable link to the file."""
-    link = (
-        presigned_url(file_uri, storage_block)
-        if file_uri.startswith("s3://")
-        else file_uri
-    )
+    link = presigned_url(file_uri, storage_block) if file_uri.startswith("s3://") else file_uri
     filled = fill_params_template(params, {"file_url": link, "file_uri": file_uri})
     definition = await load_method(method)
     prepared = await prepare_method(definition, filled)
