@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -74,9 +75,11 @@ def _tree(path: Path) -> ast.Module:
 
 
 def test_the_folders_map_to_one_package_and_pyproject_agrees():
-    pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
-    for folder, package in FOLDERS.items():
-        assert f'"{package}" = "{folder}"' in pyproject or f'{package} = "{folder}"' in pyproject
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"][
+        "setuptools"
+    ]
+    assert setuptools["package-dir"] == {package: folder for folder, package in FOLDERS.items()}
+    assert all(package.startswith("toolflows") for package in setuptools["packages"])
     assert Path(toolflows.__file__).parent == REPO / "flows"
     assert (REPO / "flows" / "py.typed").is_file()
 
