@@ -21,7 +21,7 @@ from toolflows.cancel import cancel_remote_jobs
 from toolflows.core.definition import MethodDefinition
 from toolflows.core.detection import JobStatus
 from toolflows.core.errors import ToolflowsError
-from toolflows.engine import run_job
+from toolflows.engine import SoloLanes, run_job
 from toolflows.methods import load_method, params_checker, prepare_method, session_for
 from toolflows.models import BatchResult, ErrorResult, SubmittedJob, ToolResult
 from toolflows.poll import Answer
@@ -38,7 +38,7 @@ SUBMITS_IN_FLIGHT = 16
 DOWNLOADS_IN_FLIGHT = 8
 
 
-class BatchLanes:
+class BatchLanes(SoloLanes):
     """What the jobs of one batch share, so that a thousand of them stay cheap.
 
     The engine's ``Lanes``: bounded submits and downloads, status checks in

@@ -1,4 +1,4 @@
-"""The ``toolflows`` command: register, run, demo, serve, deploy (SPEC §3).
+"""The ``toolflows`` command: register, run, demo, serve, deploy, waiter (SPEC §3).
 
 stdout carries exactly one JSON document; everything else (Prefect's logs,
 the embedded server's output) goes to stderr. Exit 0 on success, 1 on a job
@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,6 +64,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--name-prefix", default="", metavar="PREFIX", help="deployment names")
     serve.set_defaults(command=_serve)
+
+    waiter = commands.add_parser(
+        "waiter", help="watch suspended runs' jobs and resume each run when its job ends"
+    )
+    waiter.add_argument(
+        "--listen", default=None, metavar="HOST:PORT", help="receive provider callbacks here"
+    )
+    waiter.add_argument(
+        "--public-url", default=None, metavar="URL", help="where providers reach --listen"
+    )
+    waiter.add_argument(
+        "--scan-seconds", type=float, default=None, metavar="S", help="how often to look for runs"
+    )
+    waiter.set_defaults(command=_waiter)
 
     deploy = commands.add_parser(
         "deploy", help="create one deployment per enabled method on a work pool"
@@ -131,6 +146,40 @@ def _serve(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             pass
         except Exception as error:
+            _write(stdout, _unexpected(error))
+            return 1
+    return 0
+
+
+def _waiter(args: argparse.Namespace) -> int:
+    from toolflows.core.webhooks import callback_url
+    from toolflows.waiter import SCAN_SECONDS, Waiter, parse_listen
+
+    try:
+        listen = parse_listen(args.listen) if args.listen else None
+        if args.public_url:
+            if listen is None:
+                raise ValueError("--public-url needs --listen (where the callbacks arrive)")
+            callback_url(args.public_url, "00000000-0000-0000-0000-000000000000", "t" * 32)
+    except ValueError as error:
+        return _print_error(ToolflowsError(ErrorCode.CONFIG_INVALID, str(error)))
+    with _stdout_to_stderr() as stdout:
+
+        def announce(listening: str | None) -> None:
+            _write(stdout, {"status": "waiting", "listening": listening})
+
+        waiter = Waiter(
+            listen=listen,
+            public_url=args.public_url,
+            scan_seconds=args.scan_seconds or SCAN_SECONDS,
+            on_ready=announce,
+        )
+        try:
+            asyncio.run(waiter.run())
+        except KeyboardInterrupt:
+            pass
+        except Exception as error:
+            traceback.print_exc()
             _write(stdout, _unexpected(error))
             return 1
     return 0

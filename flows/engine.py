@@ -7,7 +7,8 @@ the rules it applies live in ``toolflows.core`` and the steps in their modules.
 from __future__ import annotations
 
 import asyncio
-from contextlib import AbstractAsyncContextManager, nullcontext
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -22,7 +23,7 @@ from toolflows.core.detection import JobState, JobStatus, find_outputs, find_res
 from toolflows.core.errors import ErrorCode, ToolflowsError
 from toolflows.core.templates import render_template, resolve_link
 from toolflows.download import download_outputs
-from toolflows.limits import provider_slot
+from toolflows.limits import held_provider_slot, provider_slot
 from toolflows.methods import PreparedMethod, load_method, prepare_method, session_for
 from toolflows.models import SubmittedJob, ToolResult
 from toolflows.poll import (
@@ -35,6 +36,7 @@ from toolflows.poll import (
 )
 from toolflows.reporting import job_journal, publish_failure, publish_success
 from toolflows.submit import resumed_job, submit_job
+from toolflows.suspend import callback_for, from_deployment, wait_or_suspend
 
 # How long a cancelled or timed-out run may spend asking the provider to cancel.
 CANCEL_GRACE_SECONDS = 30
@@ -45,8 +47,15 @@ class Lanes(Protocol):
 
     A job run alone shares nothing (``SOLO``); the jobs of a batch share
     bounded submits and downloads and make their status checks in rounds
-    (``toolflows.batch``).
+    (``toolflows.batch``); a deployment run's one job may suspend the run
+    while it waits (``SuspendingLanes``).
     """
+
+    def slot(self, definition: MethodDefinition, job_key: str) -> AbstractAsyncContextManager[Any]:
+        """Held from before the submit until the provider's job is over."""
+
+    async def callback(self, definition: MethodDefinition, job_key: str) -> str | None:
+        """The callback URL the submit gives the provider, if any."""
 
     @property
     def submit_gate(self) -> AbstractAsyncContextManager[Any]:
@@ -72,6 +81,12 @@ class SoloLanes:
     submit_gate = download_gate = nullcontext()
     job_artifacts = True
 
+    def slot(self, definition: MethodDefinition, job_key: str) -> AbstractAsyncContextManager[Any]:
+        return provider_slot(definition)
+
+    async def callback(self, definition: MethodDefinition, job_key: str) -> str | None:
+        return None
+
     async def wait(
         self, definition: MethodDefinition, job: SubmittedJob
     ) -> tuple[JobStatus, Answer]:
@@ -79,6 +94,51 @@ class SoloLanes:
 
 
 SOLO = SoloLanes()
+
+
+class SuspendingLanes(SoloLanes):
+    """A deployment run's one job: the run suspends while the job is pending.
+
+    Its slot outlives the run's process, and its lease is recorded for the
+    waiter (``toolflows.suspend``).
+    """
+
+    def __init__(self) -> None:
+        self.lease_id: str | None = None
+        self.callbacks = False
+
+    @asynccontextmanager
+    async def slot(self, definition: MethodDefinition, job_key: str) -> AsyncIterator[None]:
+        async with held_provider_slot(definition, job_key) as lease_id:
+            self.lease_id = lease_id
+            yield
+
+    async def callback(self, definition: MethodDefinition, job_key: str) -> str | None:
+        url = await callback_for(definition, job_key)
+        self.callbacks = url is not None
+        return url
+
+    async def wait(
+        self, definition: MethodDefinition, job: SubmittedJob
+    ) -> tuple[JobStatus, Answer]:
+        return await wait_or_suspend(
+            definition, job, lease_id=self.lease_id, callbacks=self.callbacks
+        )
+
+
+def lanes_for(definition: MethodDefinition) -> Lanes:
+    """How the run's one job waits: suspended (``wait``) only in a deployment run."""
+    wait = definition.adapter_config.polling.wait
+    if wait == "inline":
+        return SOLO
+    if not from_deployment():
+        if wait == "suspend":
+            get_run_logger().info(
+                'wait "suspend": this run is not from a deployment (nothing would start it '
+                "again), so it waits inline"
+            )
+        return SOLO
+    return SuspendingLanes()
 
 
 @flow(
@@ -113,7 +173,9 @@ async def run_tool_method(
     """
     definition = await load_method(method)
     prepared = await prepare_method(definition, params, submitting=resume_task_id is None)
-    return await run_prepared(prepared, params or {}, resume_task_id=resume_task_id)
+    return await run_prepared(
+        prepared, params or {}, resume_task_id=resume_task_id, lanes=lanes_for(definition)
+    )
 
 
 def execute_method(
@@ -129,11 +191,17 @@ def execute_method(
 
 
 async def run_prepared(
-    prepared: PreparedMethod, params: dict[str, Any], *, resume_task_id: str | None = None
+    prepared: PreparedMethod,
+    params: dict[str, Any],
+    *,
+    resume_task_id: str | None = None,
+    lanes: Lanes = SOLO,
 ) -> ToolResult:
     """Run a method whose config has been checked (nothing sent yet)."""
     async with session_for(prepared):
-        return await run_job(prepared.definition, params, resume_task_id=resume_task_id)
+        return await run_job(
+            prepared.definition, params, resume_task_id=resume_task_id, lanes=lanes
+        )
 
 
 async def run_job(
@@ -150,12 +218,13 @@ async def run_job(
     ``lanes`` say what the job shares with the other jobs of the run.
     """
     with job_journal(definition, artifacts=lanes.job_artifacts) as journal:
-        async with provider_slot(definition):
+        async with lanes.slot(definition, job_key):
             if resume_task_id:
                 job = resumed_job(definition, resume_task_id, params)
             else:
+                callback = await lanes.callback(definition, job_key)
                 async with lanes.submit_gate:
-                    job = await submit_job(definition, params, job_key)
+                    job = await submit_job(definition, params, job_key, callback)
             journal.task_id = job.task_id
             try:
                 answer, last_payload = await _wait_for(definition, job, params, lanes)

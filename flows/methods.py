@@ -185,6 +185,9 @@ def _placeholder_names(definition: MethodDefinition) -> set[str]:
     polling = definition.adapter_config.polling
     texts = [definition.endpoint, *definition.adapter_config.headers.values()]
     texts += [url for url in (polling.status_url, polling.result_url, polling.cancel_url) if url]
+    webhook = definition.adapter_config.webhook
+    if webhook and webhook.secret:
+        texts.append(webhook.secret)
     return {name for text in texts for name in env_placeholders(text)}
 
 

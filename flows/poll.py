@@ -88,11 +88,13 @@ async def schedule_next_check(task: Task[..., Any], task_run: TaskRun, state: St
 
 
 async def retry_until_the_wait_ends(
-    step: Task[..., T], method: MethodDefinition, job: SubmittedJob, *args: Any
+    step: Task[..., T], method: MethodDefinition, job: SubmittedJob, *args: Any, **options: Any
 ) -> T:
     """Run a polling task (``check_status``, ``fetch_result``) until the job's wait ends.
 
-    Its retries are sized for the schedule's planned checks, but only the
+    ``options`` go to the task (``checks_made``: checks made before, so the
+    first one does not wait its delay; ``hand_off_at``). Its retries are
+    sized for the schedule's planned checks, but only the
     deadline ends a wait: when jitter, transient errors or a schedule longer
     than is counted use them up first, the checks go on in a new task run,
     numbered on from the last one.
@@ -100,10 +102,10 @@ async def retry_until_the_wait_ends(
     schedule = method.adapter_config.polling.schedule
     retries = int(schedule.planned_polls() * (1 + schedule.jitter)) * 2 + 20
     attempts = step.with_options(retries=retries, retry_condition_fn=schedule_next_check)
-    checks_made = 0
+    checks_made = options.pop("checks_made", 0)
     while True:
         try:
-            return await attempts(method, job, *args, checks_made=checks_made)
+            return await attempts(method, job, *args, checks_made=checks_made, **options)
         except CheckAgain as again:
             checks_made += retries + 1
             await asyncio.sleep(again.delay)
@@ -117,9 +119,18 @@ class CheckAttempt:
     deadline: float
     number: int
     task_id: str | None
+    # A pending answer whose next check would come after this hands the wait
+    # over (the run suspends) instead of checking again.
+    hand_off_at: float | None = None
 
     @classmethod
-    def of(cls, method: MethodDefinition, job: SubmittedJob, number: int) -> CheckAttempt:
+    def of(
+        cls,
+        method: MethodDefinition,
+        job: SubmittedJob,
+        number: int,
+        hand_off_at: float | None = None,
+    ) -> CheckAttempt:
         """Check number ``number`` of ``job`` against its method's schedule."""
         polling = method.adapter_config.polling
         return cls(
@@ -127,7 +138,15 @@ class CheckAttempt:
             deadline=job.submitted_at + polling.max_wait_seconds,
             number=number,
             task_id=job.task_id,
+            hand_off_at=hand_off_at,
         )
+
+    def hands_off(self) -> bool:
+        """Whether the next check would come after the hand-over time (see ``hand_off_at``)."""
+        if self.hand_off_at is None:
+            return False
+        next_base = self.schedule.base_delay(self.number + 1) * (1 - self.schedule.jitter)
+        return time.time() + next_base >= self.hand_off_at
 
     def check_again(
         self, reason: str, *, retry_after: float | None = None, last_status: str | None = None
@@ -149,11 +168,16 @@ class CheckAttempt:
         raise CheckAgain(reason, delay)
 
 
-def _current_attempt(method: MethodDefinition, job: SubmittedJob, checks_made: int) -> CheckAttempt:
+def _current_attempt(
+    method: MethodDefinition,
+    job: SubmittedJob,
+    checks_made: int,
+    hand_off_at: float | None = None,
+) -> CheckAttempt:
     """The check this task attempt makes: its run count numbers it, after earlier runs' checks."""
     context = TaskRunContext.get()
     return CheckAttempt.of(
-        method, job, checks_made + (context.task_run.run_count if context else 1)
+        method, job, checks_made + (context.task_run.run_count if context else 1), hand_off_at
     )
 
 
@@ -166,13 +190,17 @@ def _current_attempt(method: MethodDefinition, job: SubmittedJob, checks_made: i
     description="One status request; retried on the backoff schedule until the job ends.",
 )
 async def check_status(
-    method: MethodDefinition, job: SubmittedJob, checks_made: int = 0
+    method: MethodDefinition,
+    job: SubmittedJob,
+    checks_made: int = 0,
+    hand_off_at: float | None = None,
 ) -> tuple[JobStatus, Answer]:
     """Check the job once: return its success, raise its failure, ``CheckAgain`` while pending.
 
     ``checks_made``: checks of earlier task runs of this wait (see ``retry_until_the_wait_ends``).
+    ``hand_off_at``: past it, a pending job is returned as it is (the run suspends).
     """
-    attempt = _current_attempt(method, job, checks_made)
+    attempt = _current_attempt(method, job, checks_made, hand_off_at)
     if attempt.number == 1:
         # The first check, like every later one, waits its delay after the submit.
         first_check_at = job.submitted_at + attempt.schedule.base_delay(1)
@@ -218,6 +246,8 @@ async def check_once(
         logger.info("Task %s status: %s", display_text(job.task_id or ""), label)
     await report_status(journal, status, find_progress(answer.payload))
     if status.state is JobState.PENDING:
+        if attempt.hands_off() and time.time() < attempt.deadline:
+            return status, answer
         attempt.check_again(f"status {status.value or 'pending'}", last_status=status.value)
     raise_if_unsuccessful(status, job.task_id)
     show_status(job.task_id, label)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import re
 import time
 from collections.abc import AsyncIterator
@@ -20,16 +19,17 @@ from typing import Any
 
 import httpx
 from prefect import task
-from prefect.cache_policies import CachePolicy
-from prefect.context import FlowRunContext, TaskRunContext
+from prefect.context import FlowRunContext
 from prefect.logging import get_run_logger
 
+from toolflows.caching import PerJob
 from toolflows.core.backoff import parse_retry_after, retry_delay
 from toolflows.core.definition import MethodDefinition
 from toolflows.core.detection import find_cancel_link, find_status_link, find_task_id
 from toolflows.core.errors import ErrorCode, ToolflowsError
 from toolflows.core.redact import display_text
 from toolflows.core.templates import render_template, resolve_link
+from toolflows.core.webhooks import place_callback
 from toolflows.http import (
     ERROR_BODY_BYTES,
     MAX_JSON_BYTES,
@@ -48,35 +48,25 @@ MAX_SUBMIT_WAIT_SECONDS = 60.0
 
 
 @dataclass
-class PaidRequest(CachePolicy):
+class PaidRequest(PerJob):
     """The submit's cache key: what identifies the paid request, and nothing else.
 
-    The flow run, the job's key within it, the endpoint, the HTTP method and the
+    With the flow run and the job's key: the endpoint, the HTTP method and the
     params. Not the rest of the definition (an edit of its polling settings
-    between a crash and a rerun must not pay again), not the task's source (nor
-    must an upgrade of toolflows), and never the headers: their resolved
-    secrets stay out of the key's inputs (the endpoint keeps its ``${VAR}``).
+    between a crash and a rerun must not pay again), and never the headers:
+    their resolved secrets stay out of the key's inputs (the endpoint keeps
+    its ``${VAR}``).
     """
 
-    def compute_key(
-        self,
-        task_ctx: TaskRunContext,
-        inputs: dict[str, Any],
-        flow_parameters: dict[str, Any],
-        **kwargs: Any,
-    ) -> str | None:
-        if not task_ctx:
-            return None
+    prefix: str = "toolflows-submit"
+
+    def identity(self, inputs: dict[str, Any]) -> dict[str, Any]:
         method = MethodDefinition.model_validate(inputs["method"])
-        request = {
-            "flow_run": str(task_ctx.task_run.flow_run_id or task_ctx.task_run.id),
-            "job_key": inputs.get("job_key", ""),
+        return {
             "endpoint": method.endpoint,
             "http_method": method.http_method,
             "params": inputs.get("params"),
         }
-        text = json.dumps(request, sort_keys=True, default=str)
-        return "toolflows-submit-" + hashlib.sha256(text.encode()).hexdigest()
 
 
 @task(
@@ -86,7 +76,10 @@ class PaidRequest(CachePolicy):
     cache_policy=PaidRequest(),
 )
 async def submit_job(
-    method: MethodDefinition, params: dict[str, Any], job_key: str = ""
+    method: MethodDefinition,
+    params: dict[str, Any],
+    job_key: str = "",
+    callback_url: str | None = None,
 ) -> SubmittedJob:
     """Submit the job and find its id and links (SPEC §4.1, §4.2).
 
@@ -95,12 +88,14 @@ async def submit_job(
     make a retried run send the paid request again. ``job_key`` tells apart
     jobs of one flow run with the same params (a batch asking for 5 takes):
     the cache that remembers a submit is keyed by the paid request (``PaidRequest``).
+    ``callback_url`` goes where ``adapterConfig.webhook`` says; it is not part of
+    that key (it is the same for the same job anyway).
     """
     session = current_session()
     logger = get_run_logger()
     polling = method.adapter_config.polling
     submitted_at = time.time()
-    async with _submit_response(method, params, job_key) as response:
+    async with _submit_response(method, params, job_key, callback_url) as response:
         if response.status_code >= 400:
             await read_capped(response, ERROR_BODY_BYTES)
             raise http_error(response, what="submit", redact=session.redact)
@@ -166,11 +161,17 @@ async def _target_for(
 
 @asynccontextmanager
 async def _submit_response(
-    method: MethodDefinition, params: dict[str, Any], job_key: str
+    method: MethodDefinition, params: dict[str, Any], job_key: str, callback_url: str | None
 ) -> AsyncIterator[httpx.Response]:
     """Open the submit response, re-sending only when the request never arrived."""
     session = current_session()
     idempotency = _idempotency_header(method, job_key)
+    endpoint = method.endpoint
+    if callback_url is not None:
+        assert method.adapter_config.webhook is not None
+        params, endpoint = place_callback(
+            method.adapter_config.webhook, endpoint, params, callback_url
+        )
     async with request_content(method, params) as content:
         for attempt in range(1, SUBMIT_ATTEMPTS + 1):
             async with AsyncExitStack() as stack:
@@ -178,7 +179,7 @@ async def _submit_response(
                     response = await stack.enter_async_context(
                         session.stream(
                             method.http_method,
-                            method.endpoint,
+                            endpoint,
                             configured=True,
                             headers=idempotency,
                             **content(),

@@ -73,7 +73,11 @@ def background(
 
 def stop_group(process: subprocess.Popen[Any], timeout: float = 30) -> None:
     """SIGTERM a process started in its own group; SIGKILL the group if it lingers."""
-    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:  # the group is gone already (killed by a test)
+        process.wait()
+        return
     try:
         process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -272,3 +272,33 @@ def test_register_refuses_a_bad_file_at_once(fresh_fake, tmp_path):
     outcome = timed_toolflows("register", str(good), str(bad))
 
     assert_clean_config_error(*outcome, "bad.yaml", "did you mean statusUrl")
+
+
+def test_a_run_that_may_suspend_waits_inline_outside_a_deployment(fresh_fake, tmp_path):
+    fresh_fake.script("heygen", polls_until_done=3)
+    method = definition_file(tmp_path, fake_method(fresh_fake, "heygen", wait="suspend"))
+
+    code, result, stderr = toolflows("run", str(method), "--params", json.dumps(PARAMS["heygen"]))
+
+    assert code == 0, stderr
+    assert result["status"] == "success"
+    assert "not from a deployment" in stderr
+    assert "Suspending" not in stderr
+    assert fresh_fake.submits("heygen") == 1
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["--public-url", "https://hooks.example.com/toolflows"],  # nothing listens
+        ["--listen", "127.0.0.1"],  # no port
+        ["--listen", "127.0.0.1:99999"],
+        ["--listen", "127.0.0.1:0", "--public-url", "ftp://hooks.example.com"],
+        ["--listen", "127.0.0.1:0", "--public-url", "https://hooks.example.com/?a=1"],
+    ],
+)
+def test_the_waiter_refuses_bad_arguments_before_it_starts(arguments):
+    code, document, _ = toolflows("waiter", *arguments)
+
+    assert code == 2
+    assert document["error"]["code"] == "CONFIG_INVALID"

@@ -10,20 +10,25 @@ import ast
 import asyncio
 import base64
 import hashlib
+import hmac
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 
 import toolflows.fake_provider
-from testkit.fake_provider import Behaviour, FakeProvider, Fault
+from testkit.fake_provider import Behaviour, CallbackRecord, FakeProvider, Fault
 from testkit.prefect_stack import free_port
 
 HEYGEN = {"X-Api-Key": "hg_test_key"}
@@ -752,3 +757,333 @@ def test_shipped_fake_holds_no_test_machinery() -> None:
     assert not [name for name in imported if name.split(".")[0] in ("testkit", "tests")]
     assert not [name for name in defined if any(word in name for word in TEST_MACHINERY)]
     assert issubclass(FakeProvider, toolflows.fake_provider.FakeProvider)
+
+
+# -- provider callbacks (webhooks) ----------------------------------------------------------
+
+CALLBACK_JOB_SECONDS = 0.25
+FAL_REQUESTS = "/fal-ai/kling-video/requests"
+
+
+@dataclass(frozen=True)
+class Received:
+    """One POST the receiver got; header names are lower-case."""
+
+    at: float
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Receiver(ThreadingHTTPServer):
+    """A callback endpoint on a real socket: records every POST and answers 204."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), ReceiverHandler)
+        self.received: list[Received] = []
+        self.arrived = threading.Condition()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_port}/hooks/run/token"
+
+    def wait_for(self, count: int, timeout: float = 5.0) -> list[Received]:
+        with self.arrived:
+            arrived = self.arrived.wait_for(lambda: len(self.received) >= count, timeout)
+            assert arrived, f"{len(self.received)} of {count} callbacks arrived"
+            return list(self.received)
+
+
+class ReceiverHandler(BaseHTTPRequestHandler):
+    server: Receiver
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("content-length", "0")))
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        with self.server.arrived:
+            self.server.received.append(Received(time.time(), self.path, headers, body))
+            self.server.arrived.notify_all()
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the test reads `received`."""
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def hex_hmac(secret: str, body: bytes) -> str:
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def standard_webhooks_valid(secret: str, received: Received) -> bool:
+    """The Standard Webhooks check, as a receiver of Replicate's webhooks writes it."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    headers = received.headers
+    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + received.body
+    digest = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    return f"v1,{digest}" in headers["webhook-signature"].split()
+
+
+def unsigned_links(value: Any) -> Any:
+    """`value` with the query of every link dropped: signed links differ by their expiry."""
+    if isinstance(value, dict):
+        return {key: unsigned_links(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [unsigned_links(item) for item in value]
+    if isinstance(value, str) and value.startswith("http"):
+        return value.split("?")[0]
+    return value
+
+
+def fal_callback(api: httpx.Client, request_id: str) -> dict[str, Any]:
+    status = api.get(f"{FAL_REQUESTS}/{request_id}/status", headers=FAL).json()
+    ids = {"request_id": request_id, "gateway_request_id": request_id}
+    if "error" in status:
+        return ids | {"status": "ERROR", "payload": None, "error": status["error"]}
+    result = api.get(f"{FAL_REQUESTS}/{request_id}", headers=FAL).json()
+    return ids | {"status": "OK", "payload": result, "error": None}
+
+
+def heygen_callback(api: httpx.Client, video_id: str) -> dict[str, Any]:
+    data = heygen_status(api, video_id).json()["data"]
+    ids = {"video_id": video_id, "callback_id": "cb-1"}
+    if data["status"] == "failed":
+        return {
+            "event_type": "avatar_video.fail",
+            "event_data": ids | {"msg": data["error"]["detail"]},
+        }
+    return {"event_type": "avatar_video.success", "event_data": ids | {"url": data["video_url"]}}
+
+
+@dataclass(frozen=True)
+class Calling:
+    """A provider that calls back: how a submit names the URL, what the callback must say
+    (from the provider's own status answers after the end), how its signature checks."""
+
+    name: str
+    submit: Callable[[httpx.Client, str], str]
+    documented: Callable[[httpx.Client, str], Any]
+    cancel: Callable[[httpx.Client, str], httpx.Response]
+    # None: the provider does not sign (FAL).
+    signature_valid: Callable[[FakeProvider, Received], bool] | None
+
+    def __str__(self) -> str:
+        return self.name
+
+
+CALLING = [
+    Calling(
+        "replicate",
+        lambda api, url: api.post(
+            "/v1/predictions",
+            headers=REPLICATE,
+            json={"version": "abc", "input": {"prompt": "corgi"}, "webhook": url},
+        ).json()["id"],
+        lambda api, job: api.get(f"/v1/predictions/{job}", headers=REPLICATE).json(),
+        lambda api, job: api.post(f"/v1/predictions/{job}/cancel", headers=REPLICATE),
+        lambda fake, got: standard_webhooks_valid(fake.webhook_secrets["replicate"], got),
+    ),
+    Calling(
+        "fal",
+        lambda api, url: api.post(
+            FAL_SUBMIT, params={"fal_webhook": url}, headers=FAL, json={"prompt": "cat"}
+        ).json()["request_id"],
+        fal_callback,
+        lambda api, job: api.put(f"{FAL_REQUESTS}/{job}/cancel", headers=FAL),
+        None,
+    ),
+    Calling(
+        "heygen",
+        lambda api, url: api.post(
+            "/v2/video/generate",
+            headers=HEYGEN,
+            json=HEYGEN_BODY | {"callback_url": url, "callback_id": "cb-1"},
+        ).json()["data"]["video_id"],
+        heygen_callback,
+        lambda api, job: api.delete("/v1/video.delete", params={"video_id": job}, headers=HEYGEN),
+        lambda fake, got: hmac.compare_digest(
+            got.headers.get("signature", ""), hex_hmac(fake.webhook_secrets["heygen"], got.body)
+        ),
+    ),
+    Calling(
+        "jobs",
+        lambda api, url: api.post(
+            "/v2/jobs", headers=GENERIC, json={"prompt": "x", "callback": url}
+        ).json()["job"]["id"],
+        lambda api, job: api.get(f"/v2/jobs/{job}", headers=GENERIC).json(),
+        lambda api, job: api.delete(f"/v2/jobs/{job}", headers=GENERIC),
+        lambda fake, got: hmac.compare_digest(
+            got.headers.get("x-signature", ""),
+            "sha256=" + hex_hmac(fake.webhook_secrets["generic"], got.body),
+        ),
+    ),
+]
+
+
+def records_settle(fake: FakeProvider, count: int, timeout: float = 5.0) -> list[CallbackRecord]:
+    """The callback records, once `count` of them are in (a record follows its answer)."""
+    deadline = time.monotonic() + timeout
+    while len(records := fake.callbacks) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return records
+
+
+def submit_calling(
+    fake: FakeProvider, api: httpx.Client, receiver: Receiver, provider: Calling, **behaviour: Any
+) -> str:
+    """Submit one job to `provider` under `behaviour`, its callback aimed at `receiver`."""
+    fake.script(provider.name, **behaviour)
+    return provider.submit(api, receiver.url)
+
+
+def assert_genuine(fake: FakeProvider, provider: Calling, got: Received, documented: Any) -> None:
+    assert unsigned_links(got.json()) == unsigned_links(documented)
+    assert got.headers["content-type"] == "application/json"
+    assert provider.signature_valid is None or provider.signature_valid(fake, got)
+
+
+@pytest.mark.parametrize("provider", CALLING, ids=str)
+def test_callback_arrives_after_the_end_documented_and_signed(
+    fake: FakeProvider, api: httpx.Client, receiver: Receiver, provider: Calling
+) -> None:
+    job_id = submit_calling(fake, api, receiver, provider, seconds_until_done=CALLBACK_JOB_SECONDS)
+    [got] = receiver.wait_for(1)
+    ended = fake.job(job_id).finished_wall
+    assert ended is not None and ended <= got.at < ended + 1.0
+    assert not fake.requests(method="GET"), "the callback came without any status check"
+    assert got.path == "/hooks/run/token"
+    assert_genuine(fake, provider, got, provider.documented(api, job_id))
+    [record] = records_settle(fake, 1)
+    assert (record.provider, record.job_id, record.event) == (provider.name, job_id, "completed")
+    assert record.url == receiver.url and record.status == 204 and record.error is None
+    assert not record.forged and ended <= record.sent <= got.at
+    fake.reset()
+    assert fake.callbacks == []
+
+
+@pytest.mark.parametrize("provider", CALLING, ids=str)
+def test_cancelled_job_calls_back_its_end(
+    fake: FakeProvider, api: httpx.Client, receiver: Receiver, provider: Calling
+) -> None:
+    job_id = submit_calling(fake, api, receiver, provider, seconds_until_done=30)
+    assert provider.cancel(api, job_id).status_code < 300
+    [got] = receiver.wait_for(1)
+    assert fake.job(job_id).outcome == "cancelled"
+    assert_genuine(fake, provider, got, provider.documented(api, job_id))
+
+
+def test_failed_jobs_call_back_their_failure(
+    fake: FakeProvider, api: httpx.Client, receiver: Receiver
+) -> None:
+    fake.script(outcome="failure", failure_reason="GPU melted", polls_until_done=0)
+    job_ids = [provider.submit(api, receiver.url) for provider in CALLING]
+    received = receiver.wait_for(len(CALLING))
+    bodies = {json.dumps(got.json(), sort_keys=True) for got in received}
+    for provider, job_id in zip(CALLING, job_ids, strict=True):
+        assert json.dumps(provider.documented(api, job_id), sort_keys=True) in bodies
+    assert all("GPU melted" in body for body in bodies)
+
+
+@pytest.mark.parametrize("provider", CALLING, ids=str)
+def test_dropped_callback_is_never_sent(
+    fake: FakeProvider, api: httpx.Client, receiver: Receiver, provider: Calling
+) -> None:
+    job_id = submit_calling(
+        fake, api, receiver, provider, seconds_until_done=CALLBACK_JOB_SECONDS, callback="drop"
+    )
+    time.sleep(CALLBACK_JOB_SECONDS + 0.1)
+    provider.documented(api, job_id)  # a status check that sees the end
+    time.sleep(0.3)
+    assert fake.job(job_id).finished_wall is not None
+    assert receiver.received == [] and fake.callbacks == []
+
+
+@pytest.mark.parametrize("provider", CALLING, ids=str)
+def test_duplicated_callback_is_sent_twice_identical(
+    fake: FakeProvider, api: httpx.Client, receiver: Receiver, provider: Calling
+) -> None:
+    job_id = submit_calling(
+        fake, api, receiver, provider, seconds_until_done=CALLBACK_JOB_SECONDS, callback="duplicate"
+    )
+    first, second = receiver.wait_for(2)
+    assert first.body == second.body and first.headers == second.headers
+    assert_genuine(fake, provider, second, provider.documented(api, job_id))
+    assert [r.job_id for r in records_settle(fake, 2)] == [job_id, job_id]
+
+
+@pytest.mark.parametrize("provider", CALLING, ids=str)
+def test_late_callback_arrives_after_its_delay(
+    fake: FakeProvider, api: httpx.Client, receiver: Receiver, provider: Calling
+) -> None:
+    job_id = submit_calling(
+        fake, api, receiver, provider, seconds_until_done=0.1, callback_delay=0.4
+    )
+    [got] = receiver.wait_for(1)
+    ended = fake.job(job_id).finished_wall
+    assert ended is not None and got.at - ended >= 0.4
+    assert_genuine(fake, provider, got, provider.documented(api, job_id))
+
+
+@pytest.mark.parametrize("provider", CALLING, ids=str)
+def test_forged_callback_comes_before_the_end_badly_signed(
+    fake: FakeProvider, api: httpx.Client, receiver: Receiver, provider: Calling
+) -> None:
+    job_id = submit_calling(fake, api, receiver, provider, seconds_until_done=0.5, callback="forge")
+    [forged] = receiver.wait_for(1)
+    assert forged.at < fake.job(job_id).created_wall + 0.5
+    assert "/forged/" in forged.body.decode(), "the forgery claims an output"
+    assert provider.signature_valid is None or not provider.signature_valid(fake, forged)
+    genuine = receiver.wait_for(2)[1]
+    ended = fake.job(job_id).finished_wall
+    assert ended is not None and genuine.at >= ended > forged.at
+    assert_genuine(fake, provider, genuine, provider.documented(api, job_id))
+    assert [r.forged for r in records_settle(fake, 2)] == [True, False]
+
+
+def test_replicate_events_filter_chooses_start_and_completed(
+    fake: FakeProvider, api: httpx.Client, receiver: Receiver
+) -> None:
+    fake.script("replicate", seconds_until_done=CALLBACK_JOB_SECONDS)
+
+    def submit(events: list[str]) -> str:
+        body = {"version": "abc", "input": {}, "webhook": receiver.url}
+        body["webhook_events_filter"] = events
+        return api.post("/v1/predictions", headers=REPLICATE, json=body).json()["id"]
+
+    both, start_only = submit(["start", "completed"]), submit(["start", "logs"])
+    received = receiver.wait_for(3)
+    time.sleep(0.2)
+    statuses = [(got.json()["id"], got.json()["status"]) for got in receiver.received]
+    assert sorted(statuses) == sorted(
+        [(both, "starting"), (start_only, "starting"), (both, "succeeded")]
+    )
+    assert all(standard_webhooks_valid(fake.webhook_secrets["replicate"], g) for g in received)
+    events = {(r.job_id, r.event) for r in records_settle(fake, 3)}
+    assert events == {(both, "start"), (start_only, "start"), (both, "completed")}
+
+
+def test_callback_to_a_non_loopback_url_is_refused(
+    fake: FakeProvider, api: httpx.Client, receiver: Receiver
+) -> None:
+    """`localhost` names the receiver, but only a literal loopback address is called."""
+    fake.script("jobs", polls_until_done=0)
+    named = receiver.url.replace("127.0.0.1", "localhost")
+    job_id = CALLING[-1].submit(api, named)
+    [record] = records_settle(fake, 1)
+    assert record.job_id == job_id and record.url == named
+    assert record.status is None and record.error is not None and "refused" in record.error
+    time.sleep(0.2)
+    assert receiver.received == []

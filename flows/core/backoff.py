@@ -133,6 +133,13 @@ class PollSchedule:
         lag = None if detected_at is None else detected_at - job_duration
         return SimulatedWait(check_times=times, detected_at=detected_at, lag=lag)
 
+    def checks_made_by(self, elapsed: float) -> int:
+        """Checks this schedule (without jitter) has made ``elapsed`` seconds after the submit.
+
+        Where a waiter that starts watching a job late (a restart) picks its schedule up.
+        """
+        return sum(1 for at in self._check_times_until(elapsed) if at <= elapsed)
+
     def _check_times_until(self, job_duration: float) -> tuple[float, ...]:
         times: list[float] = []
         clock = 0.0

@@ -14,7 +14,14 @@ from dataclasses import fields
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel, to_snake
 
 from toolflows.core.backoff import PollSchedule
@@ -56,6 +63,18 @@ class PollingConfig(BaseModel):
         True, description='false: payload only; "required": a failed download fails the run.'
     )
     download_all: bool = False
+    wait: Literal["inline", "suspend", "auto"] = Field(
+        "auto",
+        description='How a deployment run waits: "inline" holds its process; "suspend" frees '
+        'it while the toolflows waiter watches the job; "auto" suspends a job still running '
+        "after suspendAfterSeconds when a waiter is alive. Runs not from a deployment wait inline.",
+    )
+    suspend_after_seconds: float = Field(
+        60,
+        ge=0,
+        description='"auto": how long the run waits inline before it suspends (a job that has '
+        "run this long is worth the few seconds a resumed run takes to start again).",
+    )
 
     @property
     def schedule(self) -> PollSchedule:
@@ -63,6 +82,44 @@ class PollingConfig(BaseModel):
         return PollSchedule(
             **{item.name: getattr(self, item.name) for item in fields(PollSchedule)}
         )
+
+
+class WebhookConfig(BaseModel):
+    """``adapterConfig.webhook``: where the API takes a callback URL, and how it signs calls.
+
+    A callback only wakes the waiter to check the job now; the status check decides.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    field: str | None = Field(
+        None, description="Dotted body field of the callback URL (Replicate: webhook)."
+    )
+    query: str | None = Field(
+        None, description="Query parameter of the callback URL (FAL: fal_webhook)."
+    )
+    signing: Literal["none", "standard-webhooks", "hmac-sha256"] = Field(
+        "none", description="How the provider signs its calls; unsigned calls are refused."
+    )
+    secret: str | None = Field(
+        None, description="Signing secret, usually ${VAR} (Standard Webhooks: whsec_...)."
+    )
+    signature_header: str = Field(
+        "X-Signature", description="hmac-sha256: the header with the hex digest of the body."
+    )
+    backstop_seconds: float = Field(
+        120,
+        ge=MIN_POLL_INTERVAL_SECONDS,
+        description="Longest delay between the waiter's own checks while callbacks are on.",
+    )
+
+    @model_validator(mode="after")
+    def _one_place_and_a_secret(self) -> WebhookConfig:
+        if (self.field is None) == (self.query is None):
+            raise ValueError("give exactly one of field (a body field) or query")
+        if self.signing != "none" and not self.secret:
+            raise ValueError(f"signing {self.signing!r} needs a secret")
+        return self
 
 
 class AdapterConfig(BaseModel):
@@ -100,6 +157,9 @@ class AdapterConfig(BaseModel):
     )
     rate_limit: str | None = Field(
         None, description="Prefect rate limit (a limit with slot decay) paced before each submit."
+    )
+    webhook: WebhookConfig | None = Field(
+        None, description="Where the API takes a callback URL (toolflows waiter --listen)."
     )
 
 
@@ -150,7 +210,9 @@ class MethodDefinition(BaseModel):
         config = _json_object_or_none(config)
         if config is None:
             return {}
-        return _snake_keys(config, AdapterConfig, nested={"polling": PollingConfig})
+        return _snake_keys(
+            config, AdapterConfig, nested={"polling": PollingConfig, "webhook": WebhookConfig}
+        )
 
     @property
     def slug(self) -> str:

@@ -14,6 +14,7 @@ from toolflows.fake_provider.http import Request
 FaultKind = Literal["http", "reset", "drop_after_accept", "delay", "cut", "expired", "drip"]
 Outcome = Literal["success", "failure", "cancelled"]
 Kind = Literal["video", "image", "audio"]
+CallbackMode = Literal["send", "drop", "duplicate", "forge"]
 
 # Faults that replace the request's processing; the others disturb an answer already made.
 PREEMPTIVE = frozenset({"http", "reset", "expired"})
@@ -81,6 +82,10 @@ class Behaviour(model.Behaviour):
     - *_faults: one fault per request of that kind, in order; submit_fault hits only the
       first submit after `script()`.
     - submit_seconds: how long every submit takes to answer (a slow provider).
+    - callback (providers that call back, when the submit named a URL): "send" once,
+      "drop" (never sent), "duplicate" (the same callback twice), "forge" (right after the
+      submit, a success claim with a wrong signature, then the real one);
+      callback_delay: seconds between the event (the job's end) and its callback.
     - content_encoding: the CDN sends files compressed (gzip/deflate; Content-Length
       and Range count the compressed bytes); bomb_bytes > 0: a gzip body inflating
       to that many zero bytes instead of the file (a decompression bomb).
@@ -104,6 +109,8 @@ class Behaviour(model.Behaviour):
     submit_seconds: float = 0.0
     download_faults: Sequence[Fault] = ()
     result_faults: Sequence[Fault] = ()
+    callback: CallbackMode = "send"
+    callback_delay: float = 0.0
 
     def __post_init__(self) -> None:
         # Shared by every job of a script: freeze the fault lists.
@@ -113,6 +120,10 @@ class Behaviour(model.Behaviour):
             raise ValueError(f"unknown outcome {self.outcome!r}")
         if self.kind not in (None, "video", "image", "audio"):
             raise ValueError(f"unknown kind {self.kind!r}")
+        if self.callback not in ("send", "drop", "duplicate", "forge"):
+            raise ValueError(f"unknown callback {self.callback!r}")
+        if self.callback_delay < 0:
+            raise ValueError("callback_delay must be >= 0")
         if self.file_size < 0 or self.outputs < 1 or self.polls_until_done < 0:
             raise ValueError("file_size and polls_until_done must be >= 0, outputs >= 1")
 

@@ -4,6 +4,9 @@ HeyGen, FAL, Runway and Replicate follow the providers' documentation (envelopes
 strings, HTTP codes, failure shapes, link fields). Three generic shapes (a Google
 long-running operation, OpenAI videos + speech, a 202-while-running job API) prove the
 engine is not tuned to those four. HeyGen and OpenAI videos extend the shipped fake's.
+
+Replicate, FAL, HeyGen and the 202-while-running job API call back the URL their submit
+named, in their own shapes and signatures (`callbacks`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from functools import partial
 from typing import Any, ClassVar, Literal
 from urllib.parse import parse_qsl
 
+from testkit.fake_provider.callbacks import Event, Headers, hmac_hex, standard_webhooks
 from testkit.fake_provider.cdn import serve_file
 from testkit.fake_provider.content import DEFAULT_TYPES, EXTENSIONS, ScriptedFile, Signing
 from testkit.fake_provider.faults import guarded
@@ -81,6 +85,27 @@ class Api(providers.Api):
     def succeeded(self, job: FakeJob) -> bool:
         return super().succeeded(job) and job.outcome == "success"
 
+    # -- callbacks (see `callbacks.Caller`): none unless a provider takes a callback URL --
+
+    def callback_url(self, job: FakeJob) -> str | None:
+        return None
+
+    def callback_events(self, job: FakeJob) -> tuple[Event, ...]:
+        return ("completed",)
+
+    def callback_body(self, job: FakeJob, event: Event) -> Any:
+        raise NotImplementedError
+
+    def forged_body(self, job: FakeJob) -> Any:
+        raise NotImplementedError
+
+    def sign(self, body: bytes, key: bytes) -> Headers:
+        return ()
+
+    def forged_link(self, job: FakeJob) -> str:
+        """An output link a forged callback claims: no such file exists."""
+        return f"{self.state.cdn_url}/forged/{job.id}/output.mp4"
+
     def serve(self, job: FakeJob, file: FakeFile, request: Request) -> Reply:
         return serve_file(file, request, job.behaviour.ranges)
 
@@ -92,7 +117,9 @@ class Api(providers.Api):
 
         async def produce() -> Reply:
             await asyncio.sleep(behaviour.submit_seconds)
-            return await answer(self.state.add_job(build(behaviour)))
+            job = self.state.add_job(build(behaviour))
+            self.state.callbacks.watch(self, job)
+            return await answer(job)
 
         return await guarded(fault, self.error, produce)
 
@@ -153,9 +180,35 @@ class HeyGen(Api, providers.HeyGen):
         self.state.cancel(job, delete=True)
         return Reply.json(200, {"code": 100, "data": None, "message": "Success"})
 
+    def callback_url(self, job: FakeJob) -> str | None:
+        url = job.input.get("callback_url")
+        return url if isinstance(url, str) else None
+
+    @staticmethod
+    def video_event(job: FakeJob, outcome: Literal["success", "fail"], **data: Any) -> Any:
+        ids = {"video_id": job.id, "callback_id": job.input.get("callback_id")}
+        return {"event_type": f"avatar_video.{outcome}", "event_data": ids | data}
+
+    def callback_body(self, job: FakeJob, event: Event) -> Any:
+        """avatar_video.success with the video's link, or avatar_video.fail with a `msg`."""
+        if job.outcome == "success":
+            return self.video_event(job, "success", url=self.url(job, job.files[0]))
+        return self.video_event(job, "fail", msg=self.finished(job)["error"]["detail"])
+
+    def forged_body(self, job: FakeJob) -> Any:
+        return self.video_event(job, "success", url=self.forged_link(job))
+
+    def sign(self, body: bytes, key: bytes) -> Headers:
+        """HMAC-SHA256 hex digest of the raw body, in `Signature`."""
+        return (("Signature", hmac_hex(body, key)),)
+
 
 class Fal(Api):
-    """FAL queue: links without the subpath, 202 while running, the output at response_url."""
+    """FAL queue: links without the subpath, 202 while running, the output at response_url.
+
+    Its callbacks (``?fal_webhook=``) are unsigned here: FAL signs them with ED25519 keys
+    published as a JWKS, which is out of scope for the fake.
+    """
 
     name = key_name = "fal"
     _APP = r"/(?P<app>(?!(?:v1|v1beta|v2)/)[^/]+/[^/]+)"
@@ -204,7 +257,8 @@ class Fal(Api):
         def build(behaviour: Behaviour) -> FakeJob:
             job_id = str(uuid.uuid4())
             files = self.files(job_id, behaviour, kind=kind, lists=True)
-            return FakeJob(job_id, self.name, behaviour, body, files, meta={"app": app})
+            meta = {"app": app, "webhook": request.query.get("fal_webhook")}
+            return FakeJob(job_id, self.name, behaviour, body, files, meta=meta)
 
         async def answer(job: FakeJob) -> Reply:
             payload = {"status": "IN_QUEUE", "request_id": job.id, **self.links(job)}
@@ -289,6 +343,21 @@ class Fal(Api):
         if self.state.cancel(job) or job.cancelled:
             return Reply.json(202, {"status": "CANCELLATION_REQUESTED"})
         return Reply.json(400, {"status": "ALREADY_COMPLETED"})
+
+    def callback_url(self, job: FakeJob) -> str | None:
+        return job.meta["webhook"]
+
+    def callback_body(self, job: FakeJob, event: Event) -> dict[str, Any]:
+        """OK with the result JSON as `payload`, or ERROR with the failure's text."""
+        ids = {"request_id": job.id, "gateway_request_id": job.id}
+        if job.outcome == "success":
+            return ids | {"status": "OK", "payload": self.output(job), "error": None}
+        return ids | {"status": "ERROR", "payload": None, "error": self.failure(job)[0]}
+
+    def forged_body(self, job: FakeJob) -> dict[str, Any]:
+        payload = {"video": {"url": self.forged_link(job), "content_type": "video/mp4"}}
+        ids = {"request_id": job.id, "gateway_request_id": job.id}
+        return ids | {"status": "OK", "payload": payload, "error": None}
 
 
 class Runway(Api):
@@ -483,6 +552,29 @@ class Replicate(Api):
         self.state.cancel(job)
         return Reply.json(200, self.prediction(job, self.state.progress(job)))
 
+    def callback_url(self, job: FakeJob) -> str | None:
+        url = job.input.get("webhook")
+        return url if isinstance(url, str) else None
+
+    def callback_events(self, job: FakeJob) -> tuple[Event, ...]:
+        """`webhook_events_filter`'s start and completed (the fake sends no output or logs
+        events); without a filter, completed only."""
+        chosen = job.input.get("webhook_events_filter")
+        if not isinstance(chosen, list):
+            return ("completed",)
+        return tuple(event for event in ("start", "completed") if event in chosen)
+
+    def callback_body(self, job: FakeJob, event: Event) -> dict[str, Any]:
+        """The prediction exactly as its GET answers now."""
+        return self.prediction(job, self.state.progress(job))
+
+    def forged_body(self, job: FakeJob) -> dict[str, Any]:
+        output = self.output(job, [self.forged_link(job)])
+        return self.callback_body(job, "completed") | {"status": "succeeded", "output": output}
+
+    def sign(self, body: bytes, key: bytes) -> Headers:
+        return standard_webhooks(body, key)
+
 
 class Operation(Api):
     """Google long-running operation: `name`, then `done` with `response` or `error`."""
@@ -658,14 +750,16 @@ class Jobs(Api):
         return await self.submit(build, answer)
 
     def answer(self, job: FakeJob, progress: float | None) -> Reply:
-        if progress is not None:
-            return Reply(202)
+        return Reply(202) if progress is not None else Reply.json(200, self.finished(job))
+
+    def finished(self, job: FakeJob) -> dict[str, Any]:
+        """The status of a job that has ended."""
         if job.outcome == "success":
-            return Reply.json(200, {"result": {"download_url": self.url(job, job.files[0])}})
+            return {"result": {"download_url": self.url(job, job.files[0])}}
         if job.outcome == "failure":
             message = job.behaviour.failure_reason or "Job failed"
-            return Reply.json(200, {"status": "failed", "error": {"message": message}})
-        return Reply.json(200, {"status": "cancelled"})
+            return {"status": "failed", "error": {"message": message}}
+        return {"status": "cancelled"}
 
     async def get(self, request: Request, job_id: str) -> Reply:
         job = self.job(job_id, "No such job")
@@ -675,6 +769,21 @@ class Jobs(Api):
         job = self.job(job_id, "No such job")
         self.state.cancel(job)
         return Reply(204)
+
+    def callback_url(self, job: FakeJob) -> str | None:
+        url = job.input.get("callback") if isinstance(job.input, dict) else None
+        return url if isinstance(url, str) else None
+
+    def callback_body(self, job: FakeJob, event: Event) -> dict[str, Any]:
+        """What its status check answers once the job has ended."""
+        return self.finished(job)
+
+    def forged_body(self, job: FakeJob) -> dict[str, Any]:
+        return {"result": {"download_url": self.forged_link(job)}}
+
+    def sign(self, body: bytes, key: bytes) -> Headers:
+        """``X-Signature: sha256=<hex HMAC-SHA256 of the raw body>``."""
+        return (("X-Signature", "sha256=" + hmac_hex(body, key)),)
 
 
 def submitted_body(request: Request) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
+from testkit.fake_provider.callbacks import CallbackRecord
 from testkit.fake_provider.cdn import Cdn
 from testkit.fake_provider.http import MisbehavingServer
 from testkit.fake_provider.model import Behaviour, FakeJob, RecordedRequest
@@ -23,6 +24,11 @@ class FakeProvider(server.FakeProvider):
     `with FakeProvider() as fake:` starts both servers; `fake.api_url` takes the provider
     routes, `fake.cdn_url` serves output files. `api_keys["generic"]` is the Bearer token
     of the generic routes (providers "operation", "openai", "jobs").
+
+    Replicate (body `webhook`), FAL (query `fal_webhook`), HeyGen (body `callback_url`)
+    and "jobs" (body `callback`) call back a loopback URL when a job ends, signed with
+    `webhook_secrets` ("replicate": Standard Webhooks' whsec_ secret; "heygen": hex HMAC
+    in `Signature`; "generic": `X-Signature: sha256=<hex>`); `callbacks` records them.
     """
 
     default_api_keys: ClassVar[dict[str, str]] = {
@@ -35,6 +41,11 @@ class FakeProvider(server.FakeProvider):
     state_type = State
     cdn_type = Cdn
     _state: State
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._run(self._state.callbacks.close())
+        super().stop()
 
     def _server(self, origin: str, handler: Handler) -> HttpServer:
         return MisbehavingServer(handler, lambda: self._state.connected(origin))
@@ -101,6 +112,17 @@ class FakeProvider(server.FakeProvider):
         with self._state.lock:
             return [j for j in self._state.jobs.values() if provider in (None, j.provider)]
 
+    @property
+    def webhook_secrets(self) -> dict[str, str]:
+        """Signing secrets of the callbacks, by provider key name; changes apply at once."""
+        return self._state.webhook_secrets
+
+    @property
+    def callbacks(self) -> list[CallbackRecord]:
+        """Every callback attempt, in order: real or forged, answered, failed or refused."""
+        with self._state.lock:
+            return list(self._state.callbacks.records)
+
     def reset(self) -> None:
-        """Forget scripts, jobs and recordings (open connections stay open)."""
+        """Forget scripts, jobs, recordings and pending callbacks (open connections stay open)."""
         self._state.reset()

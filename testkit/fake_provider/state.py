@@ -1,5 +1,6 @@
 """The shipped fake's state, plus what tests script and inspect: scripts, recorded
-traffic, cancels, credential leaks, connections, idempotency keys, signed CDN links."""
+traffic, cancels, credential leaks, connections, idempotency keys, signed CDN links,
+callbacks."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 
+from testkit.fake_provider.callbacks import DEFAULT_WEBHOOK_SECRETS, Callbacks
 from testkit.fake_provider.content import ScriptedFile
 from testkit.fake_provider.model import Behaviour, FakeJob, Fault, RecordedRequest
 from toolflows.fake_provider import state
@@ -39,6 +41,8 @@ class State(state.State):
     def __init__(self, api_keys: dict[str, str]) -> None:
         super().__init__(api_keys)
         self._secret = secrets.token_bytes(16)
+        self.webhook_secrets = dict(DEFAULT_WEBHOOK_SECRETS)
+        self.callbacks = Callbacks(self.lock, self.webhook_secrets)
         self.reset()
 
     def reset(self) -> None:
@@ -51,6 +55,7 @@ class State(state.State):
             self.leaks: list[tuple[str, str]] = []
             self.connections: Counter[str] = Counter()
             self.idempotency_keys: dict[str, str] = {}
+        self.callbacks.reset()
 
     # -- scripting and jobs -------------------------------------------------------------
 
@@ -88,6 +93,12 @@ class State(state.State):
             queue = getattr(job, f"{which}_faults")
             return queue.popleft() if queue else None
 
+    def poll(self, job: FakeJob) -> float | None:
+        """As the shipped poll; the check that sees a job end sends its callback."""
+        progress = super().poll(job)
+        self.callbacks.settle(job)
+        return progress
+
     def cancel(self, job: FakeJob, *, delete: bool = False) -> bool:
         """Record a cancel request; True when the job was still running (now cancelled).
 
@@ -99,7 +110,8 @@ class State(state.State):
             running = job.progress() is not None
             job.cancelled = job.cancelled or running
             job.deleted = job.deleted or (delete and not running)
-            return running
+        self.callbacks.settle(job)
+        return running
 
     # -- recording ----------------------------------------------------------------------
 

@@ -244,3 +244,20 @@ def test_a_methods_polling_settings_make_its_schedule() -> None:
     assert polling.schedule == PollSchedule(
         interval_seconds=2, backoff_factor=2, max_interval_seconds=9, jitter=0, max_wait_seconds=60
     )
+
+
+def test_checks_made_by_picks_up_the_schedule_where_the_clock_is() -> None:
+    schedule = PollSchedule(
+        interval_seconds=5,
+        backoff_factor=2,
+        max_interval_seconds=20,
+        jitter=0,
+        max_wait_seconds=600,
+    )
+    # Checks at 5, 15, 35, 55, 75 ... seconds after the submit.
+    assert schedule.checks_made_by(0) == 0
+    assert schedule.checks_made_by(4.9) == 0
+    assert schedule.checks_made_by(5) == 1
+    assert schedule.checks_made_by(34) == 2
+    assert schedule.checks_made_by(60) == 4
+    assert schedule.checks_made_by(10_000) == schedule.planned_polls()
