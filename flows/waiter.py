@@ -21,11 +21,10 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
 from uuid import UUID
 
 import anyio
@@ -149,15 +148,17 @@ class Waiter:
     public_url: str | None = None
     scan_seconds: float = SCAN_SECONDS
     watched: dict[UUID, Watched] = field(default_factory=dict)
-    on_ready: Any = None
+    # Told the callback endpoint's URL (None without --listen) once this waiter is active.
+    on_ready: Callable[[str | None], None] | None = None
     _providers: dict[str, _Provider] = field(default_factory=dict)
     _resumed: dict[UUID, float] = field(default_factory=dict)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _scan_now: asyncio.Event = field(default_factory=asyncio.Event)
     _early_wakes: dict[UUID, float] = field(default_factory=dict)
     _key: bytes = b""
-    _client: Any = None
-    _stack: Any = None
+    # What the callback endpoint needs while the waiter is active.
+    _client: PrefectClient | None = None
+    _stack: AsyncExitStack | None = None
     _limiter: WakeLimiter = field(default_factory=lambda: WakeLimiter(WAKE_INTERVAL_SECONDS))
 
     async def run(self) -> None:
@@ -363,6 +364,7 @@ class Waiter:
         if method is None or method.adapter_config.webhook is None:
             return 202
         webhook = method.adapter_config.webhook
+        assert self._stack is not None
         provider = await self._provider(method, self._stack)
         secret = webhook.secret and substitute_env(
             webhook.secret, provider.prepared.placeholder_values
@@ -382,6 +384,7 @@ class Waiter:
 
     async def _method_by_id(self, flow_run_id: UUID) -> MethodDefinition | None:
         """The method a run registered its callback for (labelled before its submit)."""
+        assert self._client is not None
         try:
             flow_run = await self._client.read_flow_run(flow_run_id)
         except ObjectNotFound:

@@ -295,6 +295,7 @@ def test_prefect_yaml_deploys_the_generic_flow_and_every_preset():
     }
     assert {name: entry["entrypoint"] for name, entry in entries.items()} == {
         "run-tool-method": "toolflows.engine.run_tool_method",
+        "toolflows-waiter": "toolflows.waiter.waiter_flow",
         **expected,
     }
     assert config["pull"] == []  # the worker imports the installed package
