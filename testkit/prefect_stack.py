@@ -71,6 +71,14 @@ def background(
             os.killpg(process.pid, signal.SIGKILL)
 
 
+def log_tails(folder: Path, chars: int = 4000) -> str:
+    """The end of every ``*.log`` in ``folder``: what a failed stack test shows."""
+    return "\n".join(
+        f"--- {log.name}\n{log.read_text(errors='replace')[-chars:]}"
+        for log in sorted(folder.glob("*.log"))
+    )
+
+
 def stop_group(process: subprocess.Popen[Any], timeout: float = 30) -> None:
     """SIGTERM a process started in its own group; SIGKILL the group if it lingers."""
     try:

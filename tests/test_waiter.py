@@ -36,6 +36,7 @@ from testkit.prefect_stack import (
     background,
     create_process_pool,
     free_port,
+    log_tails,
     prefect_server,
     read_flow_run,
     stop_group,
@@ -81,10 +82,7 @@ class Stack:
         return (self.home / f"{name}.log").read_text(errors="replace")
 
     def log_tails(self) -> str:
-        return "\n".join(
-            f"--- {log.name}\n{log.read_text(errors='replace')[-4000:]}"
-            for log in sorted(self.home.glob("*.log"))
-        )
+        return log_tails(self.home)
 
 
 @pytest.fixture(scope="module")

@@ -44,6 +44,7 @@ from testkit.prefect_stack import (
     create_process_pool,
     free_port,
     healthy,
+    log_tails,
     read_flow_run,
     run_command,
     wait_for,
@@ -65,10 +66,7 @@ class Stack:
     toolflows_deploy: dict[str, Any]
 
     def log_tails(self) -> str:
-        return "\n".join(
-            f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}"
-            for log in sorted(self.logs.glob("*.log"))
-        )
+        return log_tails(self.logs)
 
 
 @pytest.fixture(scope="module")
