@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import download, many_jobs, poll_cost, schedule, startup
+from bench import download, many_jobs, poll_cost, schedule, startup, waiting
 from bench.common import Context, Row, Sizes
 from bench.fakectl import FakeProcess
 from bench.services import MotoServer, PrefectServer
@@ -31,6 +31,7 @@ BENCHMARKS: dict[str, Callable[[Context], list[Row]]] = {
     "download": download.run,
     "schedule": schedule.run,
     "startup": startup.run,
+    "waiting": waiting.run,
 }
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
@@ -38,7 +39,10 @@ RESULTS = Path(__file__).resolve().parent / "results.json"
 def _number(value: float | None, unit: str) -> str:
     if value is None:
         return "-"
-    if unit in ("", "jobs", "requests") and float(value).is_integer():
+    if (
+        unit in ("", "jobs", "requests", "runs", "processes", "submits")
+        and float(value).is_integer()
+    ):
         text = f"{int(value)}"
     elif abs(value) >= 100:
         text = f"{value:.0f}"

@@ -28,8 +28,13 @@ GIB = 1024 * MIB
 # Presets the benchmarks run (inventoryKey, name), as shipped in deployments/presets.
 HEYGEN = ("heygen", "create_avatar_video_v2")
 REPLICATE = ("replicate", "create_prediction")
+RUNWAY = ("runway", "image_to_video")
 # The variables the presets' ${...} headers read, and the fake's key for each.
-KEY_VARIABLES = {"HEYGEN_API_KEY": "heygen", "REPLICATE_API_TOKEN": "replicate"}
+KEY_VARIABLES = {
+    "HEYGEN_API_KEY": "heygen",
+    "REPLICATE_API_TOKEN": "replicate",
+    "RUNWAYML_API_SECRET": "runway",
+}
 
 HEYGEN_PARAMS: dict[str, Any] = {
     "video_inputs": [
@@ -40,6 +45,11 @@ HEYGEN_PARAMS: dict[str, Any] = {
     ]
 }
 REPLICATE_PARAMS: dict[str, Any] = {"version": "39ed52f2", "input": {"prompt": "corgi"}}
+RUNWAY_PARAMS: dict[str, Any] = {
+    "model": "gen4_turbo",
+    "promptImage": "https://example.com/first.png",
+    "ratio": "1280:720",
+}
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,12 @@ class Sizes:
     curl_repeats: int
     startup_repeats: int  # runs of each kind in benchmark 5 (median taken)
     context_runs: bool  # extra baselines shown for context only (small pool, moto alone)
+    waiting_runs: int  # deployment runs of benchmark 6, suspended and inline
+    waiting_job_seconds: float  # how long each of their jobs takes
+    webhook_runs: int  # runs of benchmark 6's webhook rows (called back, then dropped)
+    webhook_job_seconds: float
+    waiter_kill_runs: int  # runs of benchmark 6's SIGKILL row (0: not measured)
+    waiting_own_server: bool  # benchmark 6 on a Prefect server of its own, on PostgreSQL
 
     @classmethod
     def full(cls) -> Sizes:
@@ -70,6 +86,14 @@ class Sizes:
             curl_repeats=3,
             startup_repeats=3,
             context_runs=True,
+            waiting_runs=100,
+            # Not the issue's 3 minutes: starting 100 flow run processes takes ~7 min on 2
+            # cores, and every run must be waiting at once.
+            waiting_job_seconds=600,
+            webhook_runs=10,
+            webhook_job_seconds=60,
+            waiter_kill_runs=5,
+            waiting_own_server=True,
         )
 
     @classmethod
@@ -85,6 +109,13 @@ class Sizes:
             curl_repeats=1,
             startup_repeats=1,
             context_runs=False,
+            waiting_runs=2,
+            # Just under the preset's third status check (23.75 s): no wait for a fourth.
+            waiting_job_seconds=22,
+            webhook_runs=2,
+            webhook_job_seconds=10,
+            waiter_kill_runs=0,
+            waiting_own_server=False,
         )
 
 

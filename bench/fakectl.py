@@ -11,6 +11,7 @@ Nothing is added to the fake: this only drives its public API.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import resource
@@ -53,6 +54,9 @@ def _serve() -> None:
             ],
             "jobs": lambda provider=None: [_job_record(job) for job in fake.jobs(provider)],
             "expected_sha256": fake.expected_sha256,
+            "submits": fake.submits,
+            "callbacks": lambda: [dataclasses.asdict(record) for record in fake.callbacks],
+            "webhook_secrets": lambda: dict(fake.webhook_secrets),
             "cpu": lambda: _own_cpu(),
         }
         done = threading.Event()
@@ -141,6 +145,18 @@ class FakeClient:
 
     def expected_sha256(self, job_id: str) -> str:
         return self.call("expected_sha256", job_id)
+
+    def submits(self, provider: str | None = None) -> int:
+        """Submit requests that reached the fake (answered or not)."""
+        return self.call("submits", provider)
+
+    def callbacks(self) -> list[dict[str, Any]]:
+        """Every callback the fake attempted (``CallbackRecord`` fields; ``sent``: wall time)."""
+        return self.call("callbacks")
+
+    def webhook_secrets(self) -> dict[str, str]:
+        """The secrets the fake signs its callbacks with, by provider."""
+        return self.call("webhook_secrets")
 
     def cpu_seconds(self) -> float:
         """CPU the fake's process has spent so far."""

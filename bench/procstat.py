@@ -67,17 +67,53 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU of a process and its live descendants (a server and its uvicorn child)."""
-    total, pending, seen = 0.0, [pid], set()
+def process_tree(pid: int) -> list[int]:
+    """A process and its live descendants (a worker and the flow run processes it spawned)."""
+    found, pending = [], [pid]
     while pending:
         current = pending.pop()
-        if current in seen:
+        if current in found:
             continue
-        seen.add(current)
-        total += process_cpu_seconds(current)
+        found.append(current)
         pending += _children(current)
-    return total
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of a process and its live descendants (a server and its uvicorn child)."""
+    return sum(process_cpu_seconds(member) for member in process_tree(pid))
+
+
+def pss_bytes(pid: int) -> int:
+    """Proportional set size of one process (0 once it is gone).
+
+    Shared pages are split between the processes sharing them, so the PSS of
+    several processes adds up to what they really occupy (RSS would count
+    the shared libraries of each again).
+    """
+    try:
+        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0
+    for line in rollup.splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def tree_pss_bytes(pid: int) -> int:
+    """PSS of a process and its live descendants."""
+    return sum(pss_bytes(member) for member in process_tree(pid))
+
+
+def command_line(pid: int) -> str:
+    """The command line of a process ("" once it is gone)."""
+    try:
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
+    except OSError:
+        return ""
 
 
 @dataclass
