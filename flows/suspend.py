@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+import httpx
 from prefect.blocks.system import Secret
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.context import FlowRunContext
@@ -199,26 +200,37 @@ async def wait_or_suspend(
         answer = Answer(payload=job.payload, url=job.payload_url, http_status=0)
     if status.state is not JobState.PENDING:
         return status, answer
-    async with get_client() as client:
-        if polling.wait == "auto" and not suspended and not await waiter_alive(client):
-            get_run_logger().info("No toolflows waiter is running: the run waits inline")
-            return await retry_until_the_wait_ends(check_status, definition, job, checks_made=1)
-        record = WaitRecord(
-            definition=_recorded(definition),
-            job=_slim(job),
-            lease_id=lease_id,
-            callbacks=callbacks,
-        )
-        await _suspend(client, record, status, key=f"{SUSPEND_KEY_PREFIX}{suspended + 1}")
-    raise AssertionError("unreachable: a suspended run's process exits")
+    logger = get_run_logger()
+    try:
+        async with get_client() as client:
+            if polling.wait == "auto" and not suspended and not await waiter_alive(client):
+                logger.info("No toolflows waiter is running: the run waits inline")
+            else:
+                record = WaitRecord(
+                    definition=_recorded(definition),
+                    job=_slim(job),
+                    lease_id=lease_id,
+                    callbacks=callbacks,
+                )
+                await _suspend(client, record, status, key=f"{SUSPEND_KEY_PREFIX}{suspended + 1}")
+    except httpx.HTTPError as exc:
+        # The job is paid for: a Prefect API that cannot take the suspension must not fail it.
+        logger.warning("The run could not suspend (%s): it waits inline", exc)
+    return await retry_until_the_wait_ends(check_status, definition, job, checks_made=1)
 
 
 async def end_wait() -> None:
-    """The resumed run's job has ended: no waiter needs to watch this run any more."""
+    """The resumed run's job has ended: no waiter needs to watch this run any more.
+
+    Best effort: a tag left behind is removed by the waiter once the run is over.
+    """
     flow_run_id = current_flow_run_id()
     assert flow_run_id is not None
-    async with get_client() as client:
-        await untag(client, flow_run_id)
+    try:
+        async with get_client() as client:
+            await untag(client, flow_run_id)
+    except httpx.HTTPError as exc:
+        get_run_logger().warning("Could not untag the run (%s); the waiter will", exc)
 
 
 async def untag(client: PrefectClient, flow_run_id: UUID) -> None:
@@ -235,7 +247,7 @@ async def _suspend(
     flow_run_id = current_flow_run_id()
     assert flow_run_id is not None
     logger = get_run_logger()
-    if not await waiter_alive(client):
+    if not await waiter_alive(client):  # (an API error here waits inline: see the caller)
         logger.warning(
             "No toolflows waiter is running: this run stays suspended until one is started "
             "(`toolflows waiter`)"
