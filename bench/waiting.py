@@ -375,7 +375,7 @@ def _stack(fake: Any, server_pid: int, own_server: bool) -> Iterator[Stack]:
     from prefect.types.entrypoint import EntrypointType
     from prefect.utilities.asyncutils import run_coro_as_sync
 
-    from testkit.prefect_stack import BIN, background, create_process_pool
+    from testkit.prefect_stack import create_process_pool, process_worker
     from toolflows.engine import run_tool_method
 
     async def deploy() -> None:
@@ -400,8 +400,7 @@ def _stack(fake: Any, server_pid: int, own_server: bool) -> Iterator[Stack]:
             server_pid, env["PREFECT_API_URL"] = processes.enter_context(_server_on_postgres(env))
         run_coro_as_sync(deploy())
         stack = Stack(fake, home, env, processes, server_pid)
-        command = [str(BIN / "prefect"), "worker", "start", "--pool", POOL]
-        stack.worker = processes.enter_context(background(command, env, home / "worker.log", home))
+        stack.worker = processes.enter_context(process_worker(POOL, env, home / "worker.log", home))
         try:
             stack.start_waiter()
             stack.wait_for_waiter()

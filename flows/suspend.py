@@ -29,6 +29,7 @@ from prefect.logging import get_run_logger
 from prefect.states import Suspended
 from prefect.utilities.engine import propose_state
 from prefect.variables import Variable
+from pydantic import PrivateAttr
 
 from toolflows.core.definition import MethodDefinition
 from toolflows.core.detection import JobState, JobStatus
@@ -69,13 +70,17 @@ class WaitRecord(CamelModel):
     job_key: str = ""
     lease_id: str | None = None
     callbacks: bool = False
+    _method: MethodDefinition | None = PrivateAttr(default=None)
 
     @property
     def deadline(self) -> float:
         return self.job.submitted_at + self.method().adapter_config.polling.max_wait_seconds
 
     def method(self) -> MethodDefinition:
-        return MethodDefinition.model_validate(self.definition)
+        """The recorded definition, parsed once: the waiter asks on every check."""
+        if self._method is None:
+            self._method = MethodDefinition.model_validate(self.definition)
+        return self._method
 
 
 def current_flow_run_id() -> UUID | None:
@@ -201,6 +206,7 @@ async def wait_or_suspend(
     if status.state is not JobState.PENDING:
         return status, answer
     logger = get_run_logger()
+    refused = False
     try:
         async with get_client() as client:
             if polling.wait == "auto" and not suspended and not await waiter_alive(client):
@@ -216,11 +222,16 @@ async def wait_or_suspend(
     except httpx.HTTPError as exc:
         # The job is paid for: a Prefect API that cannot take the suspension must not fail it.
         logger.warning("The run could not suspend (%s): it waits inline", exc)
-    return await retry_until_the_wait_ends(check_status, definition, job, checks_made=1)
+        refused = True
+    try:
+        return await retry_until_the_wait_ends(check_status, definition, job, checks_made=1)
+    finally:
+        if refused:
+            await end_wait()  # the tag, if it was written before the refusal
 
 
 async def end_wait() -> None:
-    """The resumed run's job has ended: no waiter needs to watch this run any more.
+    """The run's job has ended, or it waits inline: no waiter needs to watch this run.
 
     Best effort: a tag left behind is removed by the waiter once the run is over.
     """

@@ -93,6 +93,27 @@ def stop_group(process: subprocess.Popen[Any], timeout: float = 30) -> None:
         process.wait()
 
 
+def stack_env(home: Path, api_url: str, **extra: str) -> dict[str, str]:
+    """The environment of a stack's processes: this process's, with its own home and API."""
+    return {
+        **os.environ,
+        **extra,
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": api_url,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+
+
+@contextmanager
+def process_worker(
+    pool: str, env: dict[str, str], log: Path, cwd: Path, *options: str
+) -> Iterator[subprocess.Popen]:
+    """``prefect worker start`` on a process pool; its flow run processes die with it."""
+    command = [str(BIN / "prefect"), "worker", "start", "--pool", pool, *options]
+    with background(command, env, log, cwd) as worker:
+        yield worker
+
+
 def healthy(api_url: str, server: subprocess.Popen, log: Path) -> bool:
     if server.poll() is not None:
         raise AssertionError(f"prefect server exited {server.returncode}:\n{log.read_text()}")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prefect.client.schemas.objects import FlowRun
 from prefect.utilities.asyncutils import run_coro_as_sync
 from pydantic.alias_generators import to_camel
 
@@ -104,3 +108,14 @@ def artifacts_of(flow_run_id: Any) -> list[Any]:
             )
 
     return run_coro_as_sync(read())
+
+
+def assert_completed_with_the_served_files(runs: list[FlowRun], fake: Any) -> None:
+    """Each run completed with the file the fake served: recorded and stored sha256 agree."""
+    for run in runs:
+        assert run.state.is_completed(), run.state.message
+        result = run_coro_as_sync(run.state.aresult())
+        stored = result.files[0]
+        assert stored.sha256 == fake.expected_sha256(result.task_id)
+        path = Path(unquote(urlsplit(stored.uri).path))
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == stored.sha256

@@ -45,12 +45,12 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 from testkit.prefect_stack import (
     BIN,
     Postgres,
-    background,
     create_process_pool,
     free_port,
     moto_s3,
     postgres,
     prefect_server,
+    process_worker,
     run_command,
     save_s3_bucket,
     wait_for,
@@ -154,15 +154,9 @@ def scale_out(fake, tmp_path_factory) -> Iterator[ScaleOut]:
                 "PREFECT_WORKER_QUERY_SECONDS": "1",
                 "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": BLOCK,
             }
-            command = [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--name", name]
-            running.enter_context(
-                background(
-                    [*command, "--limit", str(WORKER_LIMIT)],
-                    worker_env,
-                    logs / f"{name}.log",
-                    machine / "cwd",
-                )
-            )
+            options = ["--name", name, "--limit", str(WORKER_LIMIT)]
+            log = logs / f"{name}.log"
+            running.enter_context(process_worker(POOL, worker_env, log, machine / "cwd", *options))
         try:
             # Both online before any run exists: neither gets a head start.
             wait_for(lambda: run_coro_as_sync(workers_online()), 120, "both workers online")

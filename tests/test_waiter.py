@@ -8,7 +8,6 @@ started by deployment name, as the UI does, and checked through the API.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
@@ -19,7 +18,6 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -38,11 +36,13 @@ from testkit.prefect_stack import (
     free_port,
     log_tails,
     prefect_server,
+    process_worker,
     read_flow_run,
+    stack_env,
     stop_group,
     wait_for,
 )
-from tests.helpers import PARAMS, PRESETS, fake_method
+from tests.helpers import PARAMS, PRESETS, assert_completed_with_the_served_files, fake_method
 from toolflows.core.definition import WebhookConfig
 from toolflows.engine import run_tool_method
 from toolflows.suspend import WAITER_LIMIT, WAITING_TAG
@@ -90,14 +90,12 @@ def stack(fake, tmp_path_factory) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("waiter-stack")
     api_url = f"http://127.0.0.1:{free_port()}/api"
     provider_keys = {variable: fake.api_keys[key] for key, _, variable in PRESETS.values()}
-    env = {
-        **os.environ,
+    env = stack_env(
+        home,
+        api_url,
         **provider_keys,
-        "REPLICATE_WEBHOOK_SECRET": fake.webhook_secrets["replicate"],
-        "PREFECT_HOME": str(home),
-        "PREFECT_API_URL": api_url,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
+        REPLICATE_WEBHOOK_SECRET=fake.webhook_secrets["replicate"],
+    )
     server_env = {
         **env,
         "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
@@ -111,14 +109,7 @@ def stack(fake, tmp_path_factory) -> Iterator[Stack]:
         run_coro_as_sync(create_process_pool(POOL))
         run_coro_as_sync(deploy_generic_flow())
         worker_env = {**env, "PREFECT_WORKER_QUERY_SECONDS": "1"}
-        processes.enter_context(
-            background(
-                [str(BIN / "prefect"), "worker", "start", "--pool", POOL],
-                worker_env,
-                home / "worker.log",
-                home,
-            )
-        )
+        processes.enter_context(process_worker(POOL, worker_env, home / "worker.log", home))
         built = Stack(home, env, processes, public_port=free_port())
         built.start_waiter("first")
         yield built
@@ -184,16 +175,6 @@ def flow_run_processes(stack: Stack) -> list[int]:
         if b"prefect.engine" in command and stack.home.name.encode() in environ:
             found.append(int(proc.name))
     return found
-
-
-def assert_completed_with_the_served_files(runs: list[FlowRun], fake: Any) -> None:
-    for run in runs:
-        assert run.state.is_completed(), run.state.message
-        result = run_coro_as_sync(run.state.aresult())
-        stored = result.files[0]
-        assert stored.sha256 == fake.expected_sha256(result.task_id)
-        path = Path(unquote(urlsplit(stored.uri).path))
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == stored.sha256
 
 
 def resumes(run: FlowRun) -> int:

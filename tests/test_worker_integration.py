@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -39,14 +38,14 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 from testkit.prefect_stack import (
     BIN,
     PROJECT,
-    SERVER_START_SECONDS,
-    background,
     create_process_pool,
     free_port,
-    healthy,
     log_tails,
+    prefect_server,
+    process_worker,
     read_flow_run,
     run_command,
+    stack_env,
     wait_for,
 )
 from tests.helpers import PARAMS, PRESETS, aimed_at
@@ -76,52 +75,20 @@ def stack(fake, tmp_path_factory) -> Iterator[Stack]:
     work = tmp_path_factory.mktemp("worker-cwd")
     api_url = f"http://127.0.0.1:{free_port()}/api"
     provider_keys = {variable: fake.api_keys[key] for key, _, variable in PRESETS.values()}
-    env = {
-        **os.environ,
-        **provider_keys,
-        "PREFECT_HOME": str(home),
-        "PREFECT_API_URL": api_url,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
+    env = stack_env(home, api_url, **provider_keys)
     server_env = {
         **env,
         "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
         "PREFECT_UI_ENABLED": "true",  # the browser test looks at it
     }
-    port = urlsplit(api_url).port
     with ExitStack() as running:
-        server = running.enter_context(
-            background(
-                [
-                    str(BIN / "prefect"),
-                    "server",
-                    "start",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                ],
-                server_env,
-                home / "server.log",
-                home,
-            )
-        )
-        wait_for(
-            lambda: healthy(api_url, server, home / "server.log"), SERVER_START_SECONDS, "server"
-        )
+        running.enter_context(prefect_server(home, server_env, api_url))
         running.enter_context(temporary_settings(updates={PREFECT_API_URL: api_url}))
         run_coro_as_sync(create_process_pool(POOL))
         presets = [aimed_at(fake, definition) for definition in PRESET_DEFINITIONS]
         run_coro_as_sync(register_definitions(presets))
         worker_env = {**env, "PREFECT_WORKER_QUERY_SECONDS": "1"}
-        running.enter_context(
-            background(
-                [str(BIN / "prefect"), "worker", "start", "--pool", POOL],
-                worker_env,
-                home / "worker.log",
-                work,
-            )
-        )
+        running.enter_context(process_worker(POOL, worker_env, home / "worker.log", work))
         deployed = run_command(
             [str(BIN / "toolflows"), "deploy", "--pool", POOL, "--name-prefix", "ci-"], env, work
         )
