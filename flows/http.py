@@ -17,7 +17,7 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import Enum
@@ -286,6 +286,7 @@ async def provider_session(
     allowed_hosts: tuple[str, ...] = (),
     placeholder_values: Mapping[str, str] | None = None,
     resolve: Resolver = resolve_host,
+    bind: bool = True,
 ) -> AsyncIterator[ProviderSession]:
     """Open the run's one pooled client and make it the current session.
 
@@ -293,7 +294,9 @@ async def provider_session(
     never builds a client per request (30x the CPU per status check).
     ``endpoint`` is the endpoint as sent (``${VAR}`` filled): its origin gets
     the credentials, its host may be private. ``resolve`` looks host names up
-    (once per new connection).
+    (once per new connection). ``bind=False``: not made current here, for a
+    session opened in one task and closed in another (the waiter's), whose
+    users make it current for each use (``using_session``).
     """
     allow_private = os.environ.get("TOOLFLOWS_ALLOW_PRIVATE_URLS") == "1"
     network = CheckedNetwork(
@@ -318,7 +321,7 @@ async def provider_session(
         allow_private=allow_private,
     )
     async with client:
-        with using_session(session):
+        with using_session(session) if bind else nullcontext():
             yield session
 
 

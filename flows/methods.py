@@ -50,8 +50,11 @@ class PreparedMethod:
         return substitute_env(self.definition.endpoint, self.placeholder_values)
 
 
-def session_for(prepared: PreparedMethod) -> AbstractAsyncContextManager[ProviderSession]:
-    """The run's provider session, configured from the method."""
+def session_for(
+    prepared: PreparedMethod, *, bind: bool = True
+) -> AbstractAsyncContextManager[ProviderSession]:
+    """The run's provider session, configured from the method (``bind``: see
+    ``provider_session``)."""
     config = prepared.definition.adapter_config
     return provider_session(
         prepared.endpoint,
@@ -60,6 +63,7 @@ def session_for(prepared: PreparedMethod) -> AbstractAsyncContextManager[Provide
         redact=prepared.redact,
         allowed_hosts=tuple(config.allowed_hosts),
         placeholder_values=prepared.placeholder_values,
+        bind=bind,
     )
 
 

@@ -104,6 +104,7 @@ class Watched:
     flow_run_id: UUID
     record: WaitRecord
     method: MethodDefinition
+    provider_key: str  # its method's pooled session (``_method_key``, computed once)
     checks: int
     due: float
     checking: bool = False
@@ -169,7 +170,10 @@ class Waiter:
             while True:
                 async with claim(client) as lost, AsyncExitStack() as stack:
                     self._stack = stack
+                    # A new claim starts from what the API says: the sessions of a lost
+                    # claim are closed, and its watches are read again by the next scan.
                     self._providers.clear()
+                    self.watched.clear()
                     listening = None
                     if self.listen:
                         if self.public_url:
@@ -258,7 +262,7 @@ class Waiter:
             return
         schedule = method.adapter_config.polling.schedule
         checks = schedule.checks_made_by(now - record.job.submitted_at)
-        watched = Watched(flow_run.id, record, method, checks=checks, due=now)
+        watched = Watched(flow_run.id, record, method, _method_key(method), checks, due=now)
         called_back = self._early_wakes.pop(flow_run.id, None) is not None
         if called_back:  # before the run suspended: check at once
             watched.due = now
@@ -284,7 +288,7 @@ class Waiter:
             self._wake.set()
 
     async def _check(self, client: PrefectClient, watched: Watched) -> None:
-        provider = self._providers[_method_key(watched.method)]
+        provider = self._providers[watched.provider_key]
         now = time.time()
         if now < provider.not_before:
             watched.due = provider.not_before + random.uniform(0, 1)
@@ -346,7 +350,8 @@ class Waiter:
         key = _method_key(method)
         if key not in self._providers:
             prepared = await prepare_method(method, None, submitting=False)
-            session = await stack.enter_async_context(session_for(prepared))
+            # Opened by the scan or a callback, closed with the claim: bound per use.
+            session = await stack.enter_async_context(session_for(prepared, bind=False))
             self._providers[key] = _Provider(session=session, prepared=prepared)
         return self._providers[key]
 
@@ -477,7 +482,8 @@ async def _renew(client: PrefectClient, lease_id: UUID, lost: anyio.Event) -> No
             await client.renew_concurrency_lease(lease_id, lease_duration=CLAIM_LEASE_SECONDS)
             renewed_at = time.monotonic()
         except httpx.HTTPStatusError as exc:
-            if exc.response.status_code == 404:  # the lease ran out: another may hold it now
+            # 410 Gone: the lease ran out or was revoked; another waiter may hold the slot.
+            if exc.response.status_code == 410:
                 lost.set()
                 return
         except httpx.HTTPError:

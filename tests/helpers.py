@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
+from uuid import UUID
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.objects import FlowRun, State
+from prefect.exceptions import ObjectAlreadyExists
+from prefect.flow_engine import run_flow
+from prefect.types.entrypoint import EntrypointType
 from prefect.utilities.asyncutils import run_coro_as_sync
 from pydantic.alias_generators import to_camel
 
+from testkit.prefect_stack import create_process_pool, read_flow_run
 from toolflows.core.definition import MethodDefinition
 from toolflows.demo import retarget
 from toolflows.deployments.registry import load_preset
@@ -119,3 +126,60 @@ def assert_completed_with_the_served_files(runs: list[FlowRun], fake: Any) -> No
         assert stored.sha256 == fake.expected_sha256(result.task_id)
         path = Path(unquote(urlsplit(stored.uri).path))
         assert hashlib.sha256(path.read_bytes()).hexdigest() == stored.sha256
+
+
+# -- deployment runs executed in this process (a worker's flow run process, in a test) --
+
+# A suspending job polled every 1-2 s once it is checked (inline, or by a waiter).
+SUSPENDING_POLLING = {"interval_seconds": 1, "max_interval_seconds": 2, "max_wait_seconds": 120}
+
+
+async def deploy_generic_flow(pool: str, name: str) -> UUID:
+    """``run_tool_method`` deployed on a process pool (created unless it exists)."""
+    with suppress(ObjectAlreadyExists):
+        await create_process_pool(pool)
+    deployment = await run_tool_method.ato_deployment(
+        name=name, work_pool_name=pool, entrypoint_type=EntrypointType.MODULE_PATH
+    )
+    return await deployment.aapply()
+
+
+def start_suspending_run(deployment_id: UUID, fake: Any, job_seconds: float) -> FlowRun:
+    """A deployment run of a Runway job (done ``job_seconds`` after its submit) that
+    suspends while the job is pending."""
+    fake.script("runway", seconds_until_done=job_seconds)
+    method = fake_method(fake, "runway", wait="suspend", **SUSPENDING_POLLING)
+    parameters = {
+        "method": method.model_dump(mode="json", by_alias=True),
+        "params": PARAMS["runway"],
+    }
+
+    async def create() -> FlowRun:
+        async with get_client() as client:
+            return await client.create_flow_run_from_deployment(
+                deployment_id, parameters=parameters
+            )
+
+    return run_coro_as_sync(create())
+
+
+def execute(flow_run_id: UUID) -> None:
+    """Run the flow run here as ``prefect.engine`` runs it in a worker's flow run process."""
+
+    async def engine() -> None:
+        flow_run = await read_flow_run(flow_run_id)
+        await run_flow(run_tool_method, flow_run=flow_run, return_type="state")
+
+    asyncio.run(engine())
+
+
+def states_of(flow_run_id: UUID) -> list[State]:
+    async def read() -> list[State]:
+        async with get_client() as client:
+            return await client.read_flow_run_states(flow_run_id)
+
+    return run_coro_as_sync(read())
+
+
+def state_names(flow_run_id: UUID) -> list[str]:
+    return [state.name for state in states_of(flow_run_id)]

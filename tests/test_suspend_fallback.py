@@ -25,27 +25,29 @@ import pytest
 import uvicorn
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-from prefect.client.schemas.objects import FlowRun, State, StateType
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.events.worker import EventsWorker
 from prefect.exceptions import Pause
-from prefect.flow_engine import run_flow
 from prefect.settings import PREFECT_API_URL, temporary_settings
-from prefect.types.entrypoint import EntrypointType
 from prefect.utilities.asyncutils import run_coro_as_sync
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 from websockets.asyncio.client import connect
 
-from testkit.prefect_stack import create_process_pool, read_flow_run, wait_for
-from tests.helpers import PARAMS, assert_completed_with_the_served_files, fake_method
-from toolflows.engine import run_tool_method
+from testkit.prefect_stack import read_flow_run, wait_for
+from tests.helpers import (
+    assert_completed_with_the_served_files,
+    deploy_generic_flow,
+    execute,
+    start_suspending_run,
+    state_names,
+)
 from toolflows.suspend import WAITING_TAG
 
 POOL = "suspend-fallback"
 # The job ends 6 s after its submit; polled inline every 1-2 s once the suspension fails.
 JOB_SECONDS = 6
-POLLING = {"interval_seconds": 1, "max_interval_seconds": 2, "max_wait_seconds": 120}
 FALLBACK_LOG = "could not suspend"
 # Headers that describe one hop (or a body httpx has already decoded), not the message.
 HOP_HEADERS = {"host", "content-length", "transfer-encoding", "content-encoding", "connection"}
@@ -57,51 +59,11 @@ Refusal = Callable[[str, str, bytes], bool]
 @pytest.fixture(scope="module")
 def deployment_id(prefect_api: str) -> UUID:
     """The generic flow deployed on a pool no worker serves: this process runs its runs."""
-
-    async def deploy() -> UUID:
-        await create_process_pool(POOL)
-        deployment = await run_tool_method.ato_deployment(
-            name="suspends", work_pool_name=POOL, entrypoint_type=EntrypointType.MODULE_PATH
-        )
-        return await deployment.aapply()
-
-    return run_coro_as_sync(deploy())
+    return run_coro_as_sync(deploy_generic_flow(POOL, "suspends"))
 
 
 def start_run(deployment_id: UUID, fake: Any) -> FlowRun:
-    """A deployment run of a Runway job that suspends while it is pending."""
-    fake.script("runway", seconds_until_done=JOB_SECONDS)
-    method = fake_method(fake, "runway", wait="suspend", **POLLING)
-    parameters = {
-        "method": method.model_dump(mode="json", by_alias=True),
-        "params": PARAMS["runway"],
-    }
-
-    async def create() -> FlowRun:
-        async with get_client() as client:
-            return await client.create_flow_run_from_deployment(
-                deployment_id, parameters=parameters
-            )
-
-    return run_coro_as_sync(create())
-
-
-def execute(flow_run_id: UUID) -> None:
-    """Run the flow run here as ``prefect.engine`` runs it in a worker's flow run process."""
-
-    async def engine() -> None:
-        flow_run = await read_flow_run(flow_run_id)
-        await run_flow(run_tool_method, flow_run=flow_run, return_type="state")
-
-    asyncio.run(engine())
-
-
-def state_names(flow_run_id: UUID) -> list[str]:
-    async def read() -> list[State]:
-        async with get_client() as client:
-            return await client.read_flow_run_states(flow_run_id)
-
-    return [state.name for state in run_coro_as_sync(read())]
+    return start_suspending_run(deployment_id, fake, JOB_SECONDS)
 
 
 def log_messages(flow_run_id: UUID) -> list[str]:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.client.schemas.objects import FlowRun, State
+from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Cancelling
@@ -32,7 +32,6 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 from testkit.prefect_stack import (
     BIN,
     background,
-    create_process_pool,
     free_port,
     log_tails,
     prefect_server,
@@ -42,9 +41,15 @@ from testkit.prefect_stack import (
     stop_group,
     wait_for,
 )
-from tests.helpers import PARAMS, PRESETS, assert_completed_with_the_served_files, fake_method
+from tests.helpers import (
+    PARAMS,
+    PRESETS,
+    assert_completed_with_the_served_files,
+    deploy_generic_flow,
+    fake_method,
+    states_of,
+)
 from toolflows.core.definition import WebhookConfig
-from toolflows.engine import run_tool_method
 from toolflows.suspend import WAITER_LIMIT, WAITING_TAG
 from toolflows.waiter import waiter_flow
 
@@ -106,20 +111,12 @@ def stack(fake, tmp_path_factory) -> Iterator[Stack]:
     with ExitStack() as processes:
         processes.enter_context(prefect_server(home, server_env, api_url))
         processes.enter_context(temporary_settings(updates={PREFECT_API_URL: api_url}))
-        run_coro_as_sync(create_process_pool(POOL))
-        run_coro_as_sync(deploy_generic_flow())
+        run_coro_as_sync(deploy_generic_flow(POOL, DEPLOYMENT.split("/")[1]))
         worker_env = {**env, "PREFECT_WORKER_QUERY_SECONDS": "1"}
         processes.enter_context(process_worker(POOL, worker_env, home / "worker.log", home))
         built = Stack(home, env, processes, public_port=free_port())
         built.start_waiter("first")
         yield built
-
-
-async def deploy_generic_flow() -> None:
-    deployment = await run_tool_method.ato_deployment(
-        name="waits", work_pool_name=POOL, entrypoint_type=EntrypointType.MODULE_PATH
-    )
-    await deployment.aapply()
 
 
 def start_runs(method: Any, params: dict[str, Any], count: int) -> list[FlowRun]:
@@ -128,14 +125,6 @@ def start_runs(method: Any, params: dict[str, Any], count: int) -> list[FlowRun]
         run_deployment(DEPLOYMENT, parameters={"method": definition, "params": params}, timeout=0)
         for _ in range(count)
     ]
-
-
-def states_of(flow_run_id: Any) -> list[State]:
-    async def read() -> list[State]:
-        async with get_client() as client:
-            return await client.read_flow_run_states(flow_run_id)
-
-    return run_coro_as_sync(read())
 
 
 def current(runs: list[FlowRun]) -> list[FlowRun]:
