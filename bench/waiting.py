@@ -234,6 +234,17 @@ class Stack:
     worker: Any = None
     waiter: Any = None
     waiters_started: int = 0
+    workers_started: int = 0
+
+    def start_worker(self) -> None:
+        """A fresh worker: what one phase leaves in its heap is not charged to the next."""
+        from testkit.prefect_stack import process_worker, stop_group
+
+        if self.worker is not None:
+            stop_group(self.worker)
+        self.workers_started += 1
+        log = self.home / f"worker-{self.workers_started}.log"
+        self.worker = self.processes.enter_context(process_worker(POOL, self.env, log, self.home))
 
     def start_waiter(self) -> None:
         from testkit.prefect_stack import BIN, background, free_port
@@ -334,12 +345,14 @@ def measure(
     server_pid: int,
     own_server: bool,
 ) -> dict[str, Any]:
-    """Worker side: every phase of the benchmark, on one worker and one waiter."""
+    """Worker side: every phase of the benchmark, on one waiter; the suspended runs get a
+    worker of their own (the baseline's 100 flow run processes leave the first one larger)."""
     from bench.fakectl import FakeClient
 
     fake = FakeClient.from_env()
     with _stack(fake, server_pid, own_server) as stack:
         inline = _waiting_phase(stack, "inline", runs, job_seconds)
+        stack.start_worker()
         suspend = _waiting_phase(stack, "suspend", runs, job_seconds)
         called_back = _callback_phase(
             stack, "send", CALLBACK_BACKSTOP_SECONDS, webhook_runs, webhook_job_seconds
@@ -375,7 +388,7 @@ def _stack(fake: Any, server_pid: int, own_server: bool) -> Iterator[Stack]:
     from prefect.types.entrypoint import EntrypointType
     from prefect.utilities.asyncutils import run_coro_as_sync
 
-    from testkit.prefect_stack import create_process_pool, process_worker
+    from testkit.prefect_stack import create_process_pool
     from toolflows.engine import run_tool_method
 
     async def deploy() -> None:
@@ -400,7 +413,7 @@ def _stack(fake: Any, server_pid: int, own_server: bool) -> Iterator[Stack]:
             server_pid, env["PREFECT_API_URL"] = processes.enter_context(_server_on_postgres(env))
         run_coro_as_sync(deploy())
         stack = Stack(fake, home, env, processes, server_pid)
-        stack.worker = processes.enter_context(process_worker(POOL, env, home / "worker.log", home))
+        stack.start_worker()
         try:
             stack.start_waiter()
             stack.wait_for_waiter()
