@@ -11,11 +11,17 @@ LOWEST_STAMP := $(LOWEST_VENV)/.installed-stamp
 # The fast suite: the pure core and the flow tests that need one local Prefect API and
 # nothing else (no browser, PostgreSQL, worker or benchmark): runs, retries, the paid-once
 # cache, limits, artifacts, events, deployments, served cancels, result storage (local,
-# fsspec, S3 through prefect-aws) and the httpx/httpcore transport.
+# fsspec, S3 through prefect-aws), the httpx/httpcore transport and a run's suspension.
 FAST_TESTS := tests/core tests/test_flow_providers.py tests/test_paid_runs.py \
 	tests/test_method_flows.py tests/test_batch.py tests/test_reporting.py \
 	tests/test_pipelines.py tests/test_storage.py tests/test_s3.py \
-	tests/test_download_pipeline.py tests/test_hostile_runs.py
+	tests/test_download_pipeline.py tests/test_hostile_runs.py \
+	tests/test_suspend_fallback.py
+
+# Test files run in parallel, the longest first (tests/conftest.py). Most of the long ones
+# wait on jobs and servers more than they compute, so more workers than cores pay off.
+TEST_WORKERS ?= 4
+PARALLEL := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
@@ -45,11 +51,11 @@ demo: $(STAMP)
 
 test: $(STAMP) system-deps
 	$(BIN)/ruff check flows blocks deployments tests bench testkit
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PARALLEL)
 
 # The fast suite against the lowest supported versions (constraints-lowest.txt).
 test-lowest: $(LOWEST_STAMP)
-	$(LOWEST_VENV)/bin/python -m pytest $(FAST_TESTS)
+	$(LOWEST_VENV)/bin/python -m pytest $(PARALLEL) $(FAST_TESTS)
 
 # The browser test drives Debian's Chromium; the scale-out test runs PostgreSQL.
 system-deps:

@@ -27,6 +27,8 @@ import httpx
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.objects import FlowRun
+from prefect.events.worker import EventsWorker
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.utilities.asyncutils import run_coro_as_sync
 from prefect.workers.process import ProcessWorker
 from prefect_aws import AwsCredentials, S3Bucket
@@ -112,6 +114,21 @@ def process_worker(
     command = [str(BIN / "prefect"), "worker", "start", "--pool", pool, *options]
     with background(command, env, log, cwd) as worker:
         yield worker
+
+
+@contextmanager
+def aimed_at_api(api_url: str) -> Iterator[None]:
+    """This process's Prefect client aimed at a server of a stack's own, for a while.
+
+    On the way out its log and events workers are flushed and stopped (one registry
+    serves both): left running, they would keep sending to a server about to go, and
+    a later test in this process would miss its events (and its task runs).
+    """
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        try:
+            yield
+        finally:
+            EventsWorker.drain_all(timeout=30)
 
 
 def healthy(api_url: str, server: subprocess.Popen, log: Path) -> bool:

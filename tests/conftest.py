@@ -49,3 +49,24 @@ def fresh_fake(fake: object) -> object:
     """The module's fake provider, with its script and records cleared for this test."""
     fake.reset()  # type: ignore[attr-defined]
     return fake
+
+
+# `make test` runs the files in parallel (pytest-xdist, `--dist loadfile`: a file's tests
+# share one worker and its module fixtures). The suite lasts as long as its slowest
+# worker, so the longest files start first, each on a worker of its own.
+LONGEST_FIRST = (
+    "test_waiter.py",
+    "test_bench.py",
+    "test_scale_out.py",
+    "test_install.py",
+    "test_worker_integration.py",
+    "test_paid_runs.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: every file keeps its own order

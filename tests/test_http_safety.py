@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,12 +77,20 @@ def wire(monkeypatch: pytest.MonkeyPatch) -> Wire:
     send = CheckedTransport.handle_async_request
     connect = httpcore.AnyIOBackend.connect_tcp
 
+    # Only the sessions' connections: Prefect's own clients connect through httpcore too.
+    sending = ContextVar("sending", default=False)
+
     async def recording_send(self: CheckedTransport, request: httpx.Request) -> httpx.Response:
         recorded.sent.append(request)
-        return await send(self, request)
+        token = sending.set(True)
+        try:
+            return await send(self, request)
+        finally:
+            sending.reset(token)
 
     async def recording_connect(self: Any, host: str, port: int, **options: Any) -> Any:
-        recorded.connected.append(host)
+        if sending.get():
+            recorded.connected.append(host)
         return await connect(self, host, port, **options)
 
     monkeypatch.setattr(CheckedTransport, "handle_async_request", recording_send)

@@ -39,12 +39,12 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
-from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from testkit.prefect_stack import (
     BIN,
     Postgres,
+    aimed_at_api,
     create_process_pool,
     free_port,
     moto_s3,
@@ -133,7 +133,7 @@ def scale_out(fake, tmp_path_factory) -> Iterator[ScaleOut]:
             "PREFECT_UI_ENABLED": "false",
         }
         running.enter_context(prefect_server(server_home, server_env, api_url))
-        running.enter_context(temporary_settings(updates={PREFECT_API_URL: api_url}))
+        running.enter_context(aimed_at_api(api_url))
         s3 = save_s3_bucket(endpoint, BUCKET, BLOCK.split("/")[1])
         run_coro_as_sync(create_process_pool(POOL))
         runway = aimed_at(fake, load_preset("runway", "image_to_video"), **POLLING)

@@ -26,16 +26,14 @@ import uvicorn
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.client.schemas.objects import FlowRun, StateType
-from prefect.events.worker import EventsWorker
 from prefect.exceptions import Pause
-from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.utilities.asyncutils import run_coro_as_sync
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 from websockets.asyncio.client import connect
 
-from testkit.prefect_stack import read_flow_run, wait_for
+from testkit.prefect_stack import aimed_at_api, read_flow_run, wait_for
 from tests.helpers import (
     assert_completed_with_the_served_files,
     deploy_generic_flow,
@@ -157,10 +155,6 @@ def refusing_proxy(upstream_api: str, refuses: Refusal) -> Iterator[RefusingProx
         wait_for(lambda: proxy.server.started, 30, "the proxy")
         yield proxy
     finally:
-        # The log and events workers of this process may have connected through the
-        # proxy: flush and stop them (Prefect's queue services share one registry) before
-        # it goes away; the next run starts new ones on the API it is given.
-        EventsWorker.drain_all(timeout=30)
         proxy.server.should_exit = True
         proxy.thread.join(timeout=30)
 
@@ -205,7 +199,7 @@ def test_a_run_whose_suspension_the_api_refuses_waits_inline_and_completes(
 
     with (
         refusing_proxy(prefect_api, refusal(flow_run.id)) as proxy,
-        temporary_settings(updates={PREFECT_API_URL: proxy.api_url}),
+        aimed_at_api(proxy.api_url),  # its log and events workers stop before the proxy
     ):
         execute(flow_run.id)
 

@@ -24,13 +24,13 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
-from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Cancelling
 from prefect.types.entrypoint import EntrypointType
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from testkit.prefect_stack import (
     BIN,
+    aimed_at_api,
     background,
     free_port,
     log_tails,
@@ -110,7 +110,7 @@ def stack(fake, tmp_path_factory) -> Iterator[Stack]:
     os.environ.update({key: env[key] for key in (*provider_keys, "REPLICATE_WEBHOOK_SECRET")})
     with ExitStack() as processes:
         processes.enter_context(prefect_server(home, server_env, api_url))
-        processes.enter_context(temporary_settings(updates={PREFECT_API_URL: api_url}))
+        processes.enter_context(aimed_at_api(api_url))
         run_coro_as_sync(deploy_generic_flow(POOL, DEPLOYMENT.split("/")[1]))
         worker_env = {**env, "PREFECT_WORKER_QUERY_SECONDS": "1"}
         processes.enter_context(process_worker(POOL, worker_env, home / "worker.log", home))

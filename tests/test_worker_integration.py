@@ -32,12 +32,12 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
-from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from testkit.prefect_stack import (
     BIN,
     PROJECT,
+    aimed_at_api,
     create_process_pool,
     free_port,
     log_tails,
@@ -83,7 +83,7 @@ def stack(fake, tmp_path_factory) -> Iterator[Stack]:
     }
     with ExitStack() as running:
         running.enter_context(prefect_server(home, server_env, api_url))
-        running.enter_context(temporary_settings(updates={PREFECT_API_URL: api_url}))
+        running.enter_context(aimed_at_api(api_url))
         run_coro_as_sync(create_process_pool(POOL))
         presets = [aimed_at(fake, definition) for definition in PRESET_DEFINITIONS]
         run_coro_as_sync(register_definitions(presets))

@@ -39,12 +39,13 @@ PATHOLOGICAL: dict[str, Callable[[int], str]] = {
 
 
 def seconds_to_redact(text: str) -> float:
+    """CPU seconds of this thread (best of 3): other processes on the machine do not count."""
     redact = Redactor(["sk-live-123456", "Bearer abc/def+ghi"])
     best = float("inf")
     for _ in range(3):
-        started = time.perf_counter()
+        started = time.thread_time()
         redact(text)
-        best = min(best, time.perf_counter() - started)
+        best = min(best, time.thread_time() - started)
     return best
 
 
