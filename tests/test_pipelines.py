@@ -98,7 +98,8 @@ def test_a_pipeline_that_times_out_cancels_its_running_jobs(fresh_fake):
     fresh_fake.script("fal", kind="image")
     fresh_fake.script("runway", polls_until_done=10_000)
     fresh_fake.script("heygen", polls_until_done=10_000)
-    timed = image_to_video_pipeline.with_options(timeout_seconds=3)
+    # Long enough for both video jobs to be submitted on a loaded machine; they never end.
+    timed = image_to_video_pipeline.with_options(timeout_seconds=8)
     narration = fake_method(fresh_fake, "heygen", max_wait_seconds=60)
 
     with pytest.raises((ToolflowsError, TimeoutError)):
