@@ -429,9 +429,7 @@ def _server_on_postgres(env: dict[str, str]) -> Iterator[tuple[int, str]]:
     On SQLite, a hundred runs starting at once lock the database up ("database
     is locked", then API calls time out and the worker fails to start runs).
     """
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from testkit.prefect_stack import free_port, postgres, prefect_server
+    from testkit.prefect_stack import aimed_at_api, free_port, postgres, prefect_server
 
     home = Path.cwd() / "waiting-server"
     home.mkdir(exist_ok=True)
@@ -444,10 +442,7 @@ def _server_on_postgres(env: dict[str, str]) -> Iterator[tuple[int, str]]:
             "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": "20",
             "PREFECT_SERVER_DATABASE_SQLALCHEMY_MAX_OVERFLOW": "40",
         }
-        with (
-            prefect_server(home, server_env, api_url) as server,
-            temporary_settings(updates={PREFECT_API_URL: api_url}),
-        ):
+        with prefect_server(home, server_env, api_url) as server, aimed_at_api(api_url):
             yield server.pid, api_url
 
 
